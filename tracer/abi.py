@@ -1,0 +1,152 @@
+"""ctypes mirror of bpf/memtrace.h: the one place Python knows the BPF structs' layout."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import re
+from pathlib import Path
+
+
+def bpf_dir() -> Path:
+    """The BPF C sources: inside the wheel (tracer/bpf) or beside the package (a checkout)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "bpf", here.parent / "bpf"):
+        if (candidate / "memtrace.h").is_file():
+            return candidate
+    raise FileNotFoundError("memtrace's BPF sources (bpf/memtrace.h) are missing from the install")
+
+
+def _header_constants() -> dict[str, int]:
+    """Plain integer #defines of memtrace.h, so constants are written once (in C)."""
+    out: dict[str, int] = {}
+    text = (bpf_dir() / "memtrace.h").read_text()
+    for m in re.finditer(r"^#define\s+(MT_\w+)\s+(0x[0-9a-fA-F]+|\d+)(?:ULL|UL|U)?\b", text, re.M):
+        out[m.group(1)] = int(m.group(2), 0)
+    return out
+
+
+C = _header_constants()
+
+MT_MAX_LINKED = C["MT_MAX_LINKED"]
+MT_COMM_LEN = C["MT_COMM_LEN"]
+MT_NAME_LEN = C["MT_NAME_LEN"]
+MT_MSG_LEN = C["MT_MSG_LEN"]
+
+KIND_SYSCALL = C["MT_KIND_SYSCALL"]
+KIND_PAGE_ALLOC = C["MT_KIND_PAGE_ALLOC"]
+KIND_SLAB = C["MT_KIND_SLAB"]
+KIND_VMALLOC = C["MT_KIND_VMALLOC"]
+KIND_PERCPU = C["MT_KIND_PERCPU"]
+KIND_OOM_KILL = C["MT_KIND_OOM_KILL"]
+KIND_MEMCG = C["MT_KIND_MEMCG"]
+KIND_KMSG = C["MT_KIND_KMSG"]
+
+KIND_NAMES = {
+    KIND_SYSCALL: "syscall",
+    KIND_PAGE_ALLOC: "page_alloc",
+    KIND_SLAB: "slab",
+    KIND_VMALLOC: "vmalloc",
+    KIND_PERCPU: "percpu",
+    KIND_OOM_KILL: "oom_kill",
+    KIND_MEMCG: "memcg",
+    KIND_KMSG: "kmsg",
+}
+
+F_OPPORTUNISTIC = C["MT_F_OPPORTUNISTIC"]
+F_BRK = C["MT_F_BRK"]
+F_IN_SYSCALL = C["MT_F_IN_SYSCALL"]
+F_KTHREAD = C["MT_F_KTHREAD"]
+F_SLAB_CACHE = C["MT_F_SLAB_CACHE"]
+
+DROP_NAMES = {
+    C["MT_DROP_RINGBUF"]: "ringbuf_full",
+    C["MT_DROP_COUNTER_FULL"]: "counter_map_full",
+    C["MT_DROP_PENDING_FULL"]: "linked_overflow",
+    C["MT_DROP_USER_STACK"]: "user_stack",
+    C["MT_DROP_KERNEL_STACK"]: "kernel_stack",
+}
+assert len(DROP_NAMES) == C["MT_DROP_MAX"]
+
+
+class KFail(ct.Structure):
+    _fields_ = [
+        ("ts_ns", ct.c_uint64),
+        ("size", ct.c_uint64),
+        ("user_ip", ct.c_uint64),
+        ("user_sp", ct.c_uint64),
+        ("syscall_nr", ct.c_int64),
+        ("kind", ct.c_uint32),
+        ("flags", ct.c_uint32),
+        ("order", ct.c_uint32),
+        ("gfp", ct.c_uint32),
+        ("migratetype", ct.c_int32),
+        ("kernel_stack_id", ct.c_int32),
+        ("name", ct.c_char * MT_NAME_LEN),
+    ]
+
+
+class Event(ct.Structure):
+    _fields_ = [
+        ("ts_ns", ct.c_uint64),
+        ("cgroup_id", ct.c_uint64),
+        ("memcg_id", ct.c_uint64),
+        ("pid", ct.c_uint32),
+        ("tid", ct.c_uint32),
+        ("kind", ct.c_uint32),
+        ("flags", ct.c_uint32),
+        ("syscall_nr", ct.c_int64),
+        ("ret", ct.c_int64),
+        ("args", ct.c_uint64 * 6),
+        ("user_stack_id", ct.c_int32),
+        ("kernel_stack_id", ct.c_int32),
+        ("n_linked", ct.c_uint32),
+        ("oom_uid", ct.c_uint32),
+        ("oom_total_vm", ct.c_uint64),
+        ("oom_rss", ct.c_uint64),
+        ("comm", ct.c_char * MT_COMM_LEN),
+        ("kf", KFail),
+        ("linked", KFail * MT_MAX_LINKED),
+        ("msg", ct.c_char * MT_MSG_LEN),
+    ]
+
+
+class SyscallKey(ct.Structure):
+    _fields_ = [
+        ("memcg_id", ct.c_uint64),
+        ("pid", ct.c_uint32),
+        ("syscall_nr", ct.c_int32),
+        ("err", ct.c_uint32),
+        ("pad", ct.c_uint32),
+        ("comm", ct.c_char * MT_COMM_LEN),
+    ]
+
+
+class KFailKey(ct.Structure):
+    _fields_ = [
+        ("memcg_id", ct.c_uint64),
+        ("pid", ct.c_uint32),
+        ("gfp", ct.c_uint32),
+        ("kind", ct.c_uint16),
+        ("order", ct.c_uint16),
+        ("opportunistic", ct.c_uint16),
+        ("pad", ct.c_uint16),
+        ("comm", ct.c_char * MT_COMM_LEN),
+    ]
+
+
+class Pending(ct.Structure):
+    _fields_ = [("n", ct.c_uint32), ("pad", ct.c_uint32), ("kf", KFail * MT_MAX_LINKED)]
+
+
+# For the root test that compares these with the layout bcc compiled.
+MIRRORED = {
+    "mt_kfail": KFail,
+    "mt_event": Event,
+    "mt_syscall_key": SyscallKey,
+    "mt_kfail_key": KFailKey,
+    "mt_pending": Pending,
+}
+
+
+def cstr(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")

@@ -1,0 +1,123 @@
+"""The `memtrace` command line: thin click commands that call into the modules doing the work."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable, Optional
+
+import click
+
+from . import __version__
+
+
+class DefaultToTop(click.Group):
+    """`memtrace` and `memtrace -p 123` mean `memtrace top ...`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h",
+                                                                          "--version")):
+            args = ["top", *args]
+        return super().parse_args(ctx, args)
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"memtrace: error: {message}", err=True)
+    sys.exit(code)
+
+
+def log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def filter_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--duration", type=click.FloatRange(min=0), default=None,
+                     help="Stop by itself after this many seconds.")(f)
+    f = click.option("--comm", default=None, help="Only processes with this command name.")(f)
+    f = click.option("--cgroup", default=None,
+                     help="Only this cgroup and its children (path under the cgroup mount, "
+                          "or the directory itself).")(f)
+    f = click.option("-p", "--pid", "pids", type=int, multiple=True,
+                     help="Only this process (repeatable).")(f)
+    return f
+
+
+def build_filter(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str]):
+    from .cgroups import CgroupResolver
+    from .model import Filter
+
+    for pid in pids:
+        if pid <= 0 or not os.path.exists(f"/proc/{pid}"):
+            fail(f"no such process: {pid}")
+    cg_path = None
+    if cgroup is not None:
+        try:
+            _h, cg_path = CgroupResolver().resolve_user_path(cgroup)
+        except LookupError as e:
+            fail(str(e))
+    return Filter(pids=frozenset(pids), cgroup=cg_path, comm=comm)
+
+
+def live_source(filt):
+    from .collector import LiveSource
+
+    return LiveSource(filt, log=log)
+
+
+def guard(fn: Callable[[], Any]) -> Any:
+    """Run a command body, turning the host problems users can fix into one-line errors."""
+    from .host import HostError
+
+    try:
+        return fn()
+    except HostError as e:
+        fail(str(e))
+    except BrokenPipeError:
+        sys.stderr.close()
+        sys.exit(0)
+
+
+@click.group(cls=DefaultToTop, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="memtrace")
+def main() -> None:
+    """Live tracer of memory-allocation failures: every ENOMEM, kernel allocation failure,
+    OOM kill and memory cgroup limit hit, per process, cgroup and allocation order.
+
+    Without a command, runs `top`: the live dashboard."""
+
+
+@main.command()
+@filter_options
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Seconds between dashboard refreshes.")
+def top(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str],
+        duration: Optional[float], interval: float) -> None:
+    """Live dashboard of failures by process, cgroup, syscall and allocation order."""
+    from .views.top import run_top
+
+    filt = build_filter(pids, cgroup, comm)
+    guard(lambda: run_top(live_source(filt), duration=duration, interval=interval))
+
+
+@main.command()
+@filter_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def watch(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str],
+          duration: Optional[float], as_json: bool) -> None:
+    """One line per failure, as it happens."""
+    from .views.watch import run_watch
+
+    filt = build_filter(pids, cgroup, comm)
+    guard(lambda: run_watch(live_source(filt), duration=duration, as_json=as_json))
+
+
+@main.command()
+def doctor() -> None:
+    """What this host supports, and whether each probe attaches. Exit 0 when the core ones do."""
+    from .doctor import run_doctor
+
+    sys.exit(guard(run_doctor))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""The live source: compiles and attaches the BPF programs with bcc, and turns what they report into model values.
+
+This is the only module that imports bcc."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import re
+import time
+from typing import Callable, Optional
+
+from . import __version__, abi, decoders, host
+from .btf import load_vmlinux
+from .cgroups import CgroupResolver
+from .config import BuildOptions, Layout, cflags, read_layout
+from .memcg import MemcgWatcher
+from .model import (
+    Failure,
+    Filter,
+    KernelCount,
+    KernelFailure,
+    MemcgCount,
+    Ready,
+    Snapshot,
+    SyscallCount,
+)
+from .probes import ATTACHED, CORE_PROBES, FAILED, PLAN, ProbeStatus, choose
+
+Log = Callable[[str], None]
+
+_OOM_LINE = re.compile(r"constraint=(\w+).*?(?:oom_memcg=([^,]*),)?.*?task=([^,]*),pid=(\d+)")
+
+
+_TRACING_FRAME = re.compile(r"^(bpf_prog_\w+|bpf_trace_run\d+|__bpf_trace_\w+|__traceiter_\w+)$")
+
+
+def strip_tracing_frames(frames: list[str]) -> tuple[str, ...]:
+    """Drop the BPF and tracepoint plumbing at the top of a kernel stack."""
+    i = 0
+    while i < len(frames) and _TRACING_FRAME.match(frames[i]):
+        i += 1
+    return tuple(frames[i:])
+
+
+class LiveSource:
+    """Failures as the running kernel reports them."""
+
+    def __init__(self, filt: Filter = Filter(), log: Optional[Log] = None,
+                 options: Optional[BuildOptions] = None, symbolize: bool = True):
+        self.filter = filt
+        self.log = log or (lambda msg: None)
+        self.options = options
+        self.symbolize = symbolize
+        self.bpf = None
+        self.layout: Optional[Layout] = None
+        self.statuses: list[ProbeStatus] = []
+        self._out: list[Failure] = []
+        self._kmsg: list[tuple[float, str]] = []
+        self._last_memcg_poll = 0.0
+        self._clock_offset = time.time() - time.monotonic()
+
+    # -- set-up ---------------------------------------------------------------------------
+    def start(self) -> Ready:
+        host.require_root("tracing")
+        host.ensure_tracefs(self.log)
+        host.prepare_headers(self.log)
+        if not host.btf_available():
+            raise host.HostError(
+                "this kernel has no BTF (/sys/kernel/btf/vmlinux): memtrace needs it to read "
+                "struct layouts (CONFIG_DEBUG_INFO_BTF=y)")
+        btf = load_vmlinux()
+        self.layout = read_layout(btf)
+        self.gfp = (decoders.GfpDecoder(self.layout.gfp_bits) if self.layout.gfp_bits
+                    else decoders.GfpDecoder.default())
+        chosen, unavailable = choose(btf.tracepoint_params)
+        families = frozenset(spec.family for spec in PLAN if spec.name in chosen and spec.family)
+        options = self.options or BuildOptions(families=families)
+        if not options.families:
+            options = BuildOptions(families=families, ringbuf_pages=options.ringbuf_pages,
+                                   counter_entries=options.counter_entries,
+                                   stack_entries=options.stack_entries, extra=options.extra)
+        flags = cflags(self.layout, options, abi.bpf_dir())
+        try:
+            from bcc import BPF  # the one bcc import
+        except ImportError as e:
+            raise host.HostError(
+                "bcc's Python bindings are missing: install python3-bpfcc (sudo make setup)"
+            ) from e
+        src = str(abi.bpf_dir() / "memtrace.bpf.c")
+        try:
+            self.bpf = BPF(src_file=src.encode(), cflags=flags)
+        except Exception as e:  # bcc raises bare Exception on compile/load errors
+            raise host.HostError(f"could not compile or load memtrace's BPF programs: {e}") from e
+
+        statuses: dict[str, ProbeStatus] = dict(unavailable)
+        for spec in PLAN:
+            cand = chosen.get(spec.name)
+            if cand is None:
+                continue
+            if cand.via == "poll":
+                statuses[spec.name] = ProbeStatus(spec.name, ATTACHED, "poll", cand.target)
+                continue
+            try:
+                self.bpf.attach_raw_tracepoint(tp=cand.target.encode(), fn_name=cand.fn.encode())
+                statuses[spec.name] = ProbeStatus(spec.name, ATTACHED, cand.via, cand.target)
+            except Exception as e:
+                statuses[spec.name] = ProbeStatus(spec.name, FAILED, cand.via, str(e).splitlines()[0])
+        self.statuses = [statuses[s.name] for s in PLAN if s.name in statuses]
+        missing = [n for n in CORE_PROBES if statuses.get(n, None) is None
+                   or statuses[n].status != ATTACHED]
+        if missing:
+            why = "; ".join(f"{n}: {statuses[n].reason}" for n in missing if n in statuses)
+            self.close()
+            raise host.HostError(f"core probes did not attach ({why})")
+
+        self.resolver = CgroupResolver()
+        self.memcg = MemcgWatcher(self.resolver)
+        if self.filter.cgroup is not None:
+            self.memcg.watch(self.filter.cgroup)
+        self.bpf["events"].open_ring_buffer(self._on_event)
+        return Ready(__version__, host.kernel_release(), tuple(self.statuses), self.layout.notes)
+
+    def close(self) -> None:
+        if self.bpf is not None:
+            try:
+                self.bpf.cleanup()
+            finally:
+                self.bpf = None
+
+    # -- events ---------------------------------------------------------------------------
+    def poll(self, timeout: float = 0.1) -> list[Failure]:
+        assert self.bpf is not None
+        self.bpf.ring_buffer_poll(int(timeout * 1000))
+        now = time.monotonic()
+        if now - self._last_memcg_poll >= 1.0:
+            self._last_memcg_poll = now
+            self._poll_memcg()
+        out, self._out = self._out, []
+        return out
+
+    def drain(self) -> list[Failure]:
+        """Everything already in the ring buffer, without waiting."""
+        assert self.bpf is not None
+        self.bpf.ring_buffer_consume()
+        self._poll_memcg()
+        out, self._out = self._out, []
+        return out
+
+    def _poll_memcg(self) -> None:
+        for path, event, increase, total in self.memcg.poll():
+            if self.filter.cgroup is not None and not self.filter.matches(0, "", path) \
+                    or self.filter.pids or self.filter.comm is not None:
+                continue
+            self._out.append(Failure(
+                time=time.time(), kind="memcg", pid=0, tid=0, comm="", cgroup=path,
+                cgroup_id=0, detail={"event": event, "increase": increase, "total": total},
+                ts_ns=time.monotonic_ns()))
+
+    def _on_event(self, _ctx, data, _size) -> None:
+        e = ct.cast(data, ct.POINTER(abi.Event)).contents
+        try:
+            self._out.extend(self._convert(e))
+        except Exception as exc:  # never let one odd event kill the tracer
+            self.log(f"memtrace: could not decode an event: {exc}")
+
+    def _wall(self, ts_ns: int) -> float:
+        return self._clock_offset + ts_ns / 1e9
+
+    def _cgroup(self, memcg_id: int) -> Optional[str]:
+        return self.resolver.path(memcg_id, memory=True)
+
+    def _kstack(self, stack_id: int) -> tuple[str, ...]:
+        if stack_id < 0 or not self.symbolize or self.bpf is None:
+            return ()
+        out: list[str] = []
+        try:
+            for addr in self.bpf["stacks"].walk(stack_id):
+                out.append(self.bpf.ksym(addr, show_offset=False).decode("utf-8", "replace"))
+        except KeyError:
+            return ()
+        return strip_tracing_frames(out)
+
+    def _ustack(self, stack_id: int, pid: int) -> tuple[str, ...]:
+        if stack_id < 0 or not self.symbolize or self.bpf is None:
+            return ()
+        out = []
+        try:
+            for addr in self.bpf["stacks"].walk(stack_id):
+                name = self.bpf.sym(addr, pid, show_module=True, show_offset=False)
+                text = name.decode("utf-8", "replace")
+                out.append(f"0x{addr:x}" if text.startswith("[unknown]") else text)
+        except KeyError:
+            return ()
+        return tuple(out)
+
+    def _kernel_failure(self, kf: abi.KFail) -> KernelFailure:
+        kind = abi.KIND_NAMES.get(kf.kind, str(kf.kind))
+        has_gfp = kind in ("page_alloc", "slab")
+        return KernelFailure(
+            kind=kind,
+            size=int(kf.size) if kf.size else None,
+            order=int(kf.order) if kind == "page_alloc" else None,
+            gfp=self.gfp.decode(kf.gfp) if has_gfp else None,
+            opportunistic=bool(kf.flags & abi.F_OPPORTUNISTIC),
+            cache=abi.cstr(kf.name) or None,
+            kernel_stack=self._kstack(kf.kernel_stack_id),
+            ts_ns=int(kf.ts_ns),
+        )
+
+    def _convert(self, e: abi.Event) -> list[Failure]:
+        kind = abi.KIND_NAMES.get(e.kind, str(e.kind))
+        comm = abi.cstr(e.comm)
+        if kind == "kmsg":
+            self._kmsg.append((time.monotonic(), abi.cstr(e.msg)))
+            self._kmsg = self._kmsg[-32:]
+            return []
+        cgroup = self._cgroup(e.memcg_id)
+        if not self.filter.matches(e.pid, comm, cgroup):
+            return []
+        if cgroup:
+            self.memcg.watch(cgroup)
+        common = dict(time=self._wall(e.ts_ns), pid=int(e.pid), tid=int(e.tid), comm=comm,
+                      cgroup=cgroup, cgroup_id=int(e.memcg_id), ts_ns=int(e.ts_ns))
+        if kind == "syscall":
+            return self._syscall_failures(e, common)
+        if kind == "oom_kill":
+            detail = {"total_vm_bytes": int(e.oom_total_vm) * 4096,
+                      "rss_bytes": int(e.oom_rss) * 4096, "uid": int(e.oom_uid)}
+            detail.update(self._oom_constraint(int(e.tid)))
+            return [Failure(kind=kind, kernel_stack=self._kstack(e.kernel_stack_id),
+                            detail=detail, **common)]
+        kf = self._kernel_failure(e.kf)
+        return [Failure(
+            kind=kind, size=kf.size, order=kf.order, gfp=kf.gfp, opportunistic=kf.opportunistic,
+            user_stack=self._ustack(e.user_stack_id, e.pid), kernel_stack=kf.kernel_stack,
+            detail={"cache": kf.cache} if kf.cache else {}, **common)]
+
+    def _syscall_failures(self, e: abi.Event, common: dict) -> list[Failure]:
+        name = decoders.syscall_name(int(e.syscall_nr))
+        args = [int(a) for a in e.args]
+        brk = bool(e.flags & abi.F_BRK)
+        err = None if brk else decoders.errno_name(int(e.ret))
+        size = decoders.size_from_syscall(name, args)
+        detail: dict = {}
+        if brk:
+            detail = {"requested_break": args[0], "returned_break": int(e.ret) & (2**64 - 1)}
+            size = max(args[0] - detail["returned_break"], 0) or None
+        linked = tuple(self._kernel_failure(e.linked[i]) for i in range(min(e.n_linked,
+                                                                              abi.MT_MAX_LINKED)))
+        kstack = linked[0].kernel_stack if linked else self._kstack(e.kernel_stack_id)
+        ustack = self._ustack(e.user_stack_id, e.pid)
+        out = []
+        # Opportunistic kernel failures were held back in the kernel; now that the
+        # syscall they happened in has failed, they are failures too.
+        for k in linked:
+            if k.opportunistic:
+                out.append(Failure(kind=k.kind, syscall=name, errno=err, size=k.size, order=k.order,
+                                   gfp=k.gfp, opportunistic=True, user_stack=ustack,
+                                   kernel_stack=k.kernel_stack,
+                                   detail={"cache": k.cache} if k.cache else {},
+                                   **{**common, "ts_ns": k.ts_ns or common["ts_ns"]}))
+        primary = linked[0] if linked else None
+        out.append(Failure(
+            kind="syscall", syscall=name, errno=err, size=size,
+            order=primary.order if primary else None, gfp=primary.gfp if primary else None,
+            user_stack=ustack, kernel_stack=kstack,
+            args=decoders.describe_syscall_args(name, args), linked=linked, detail=detail,
+            **common))
+        return out
+
+    def _oom_constraint(self, victim_tid: int) -> dict:
+        now = time.monotonic()
+        for seen, line in reversed(self._kmsg):
+            if now - seen > 5:
+                break
+            m = _OOM_LINE.search(line)
+            if m and int(m.group(4)) == victim_tid:
+                out = {"constraint": m.group(1)}
+                if m.group(2):
+                    out["oom_memcg"] = m.group(2)
+                return out
+        return {}
+
+    # -- exact totals -----------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        assert self.bpf is not None
+        syscalls = []
+        for k, v in self.bpf["syscall_counts"].items():
+            syscalls.append(SyscallCount(
+                pid=int(k.pid), comm=abi.cstr(k.comm), cgroup=self._cgroup(k.memcg_id),
+                syscall=decoders.syscall_name(int(k.syscall_nr)),
+                errno=decoders.errno_name(int(k.err)) if k.err else None, count=int(v.value)))
+        kernel = []
+        for k, v in self.bpf["kfail_counts"].items():
+            kind = abi.KIND_NAMES.get(int(k.kind), str(k.kind))
+            kernel.append(KernelCount(
+                pid=int(k.pid), comm=abi.cstr(k.comm), cgroup=self._cgroup(k.memcg_id), kind=kind,
+                order=int(k.order) if kind == "page_alloc" else None,
+                gfp=self.gfp.decode(int(k.gfp)) if kind in ("page_alloc", "slab") else None,
+                opportunistic=bool(k.opportunistic), count=int(v.value)))
+        drops = {name: 0 for name in abi.DROP_NAMES.values()}
+        for k, v in self.bpf["drops"].items():
+            name = abi.DROP_NAMES.get(int(k.value))
+            if name:
+                drops[name] = int(sum(v))
+        memcg = tuple(MemcgCount(c, ev, n) for c, ev, n in self.memcg.totals())
+        return self.filter.snapshot(Snapshot(tuple(syscalls), tuple(kernel), memcg, drops))
+
+    def map_bytes(self) -> dict[str, int]:
+        """Memory of memtrace's maps and ring buffer, by name (for the benchmark's report)."""
+        from .abi import C
+        return {"ringbuf": C["MT_RINGBUF_PAGES"] * 4096}

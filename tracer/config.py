@@ -1,0 +1,124 @@
+"""The one function that turns the running kernel's BTF and the user's options into -D flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Optional
+
+from . import decoders
+from .btf import Btf, BtfError
+
+# pt_regs members the BPF side reads (the syscall's saved user registers).
+_REGS = {"ORIG_AX": "orig_ax", "IP": "ip", "SP": "sp", "DI": "di", "SI": "si", "DX": "dx",
+         "R10": "r10", "R8": "r8", "R9": "r9"}
+
+# Syscalls the BPF side names (x86_64 numbers, from the decoder's table).
+_SYSCALLS = ("mmap", "mprotect", "mremap", "madvise", "mlock", "mlock2", "mlockall", "shmat", "brk")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Struct offsets and constants of the running kernel, all from BTF."""
+
+    defines: Mapping[str, int]
+    features: frozenset[str]  # MT_HAVE_* the kernel supports
+    gfp_bits: Mapping[str, int]
+    notes: tuple[str, ...] = ()
+
+
+def _kallsyms_has(name: str) -> bool:
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                if line.rstrip().endswith(" " + name):
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def read_layout(btf: Btf, have_task_pt_regs: Optional[bool] = None) -> Layout:
+    d: dict[str, int] = {}
+    features: set[str] = set()
+    notes: list[str] = []
+
+    for macro, member in _REGS.items():
+        d[f"MT_OFF_REGS_{macro}"] = btf.member_offset("pt_regs", member)
+    for member in ("flags", "pid", "tgid", "comm", "mm", "cgroups"):
+        d[f"MT_OFF_TASK_{member.upper()}"] = btf.member_offset("task_struct", member)
+    d["MT_OFF_MM_TOTAL_VM"] = btf.member_offset("mm_struct", "total_vm")
+    d["MT_OFF_KMEM_CACHE_NAME"] = btf.member_offset("kmem_cache", "name")
+    d["MT_OFF_KMEM_CACHE_OBJECT_SIZE"] = btf.member_offset("kmem_cache", "object_size")
+
+    try:
+        memcg = btf.enum_value("memory_cgrp_id")
+        d["MT_OFF_CSS_SET_SUBSYS_MEMCG"] = btf.member_offset("css_set", f"subsys[{memcg}]")
+        d["MT_OFF_CSS_CGROUP"] = btf.member_offset("cgroup_subsys_state", "cgroup")
+        d["MT_OFF_CGROUP_KN"] = btf.member_offset("cgroup", "kn")
+        d["MT_OFF_KERNFS_NODE_ID"] = btf.member_offset("kernfs_node", "id")
+        features.add("MT_HAVE_MEMCG")
+    except BtfError as e:
+        notes.append(f"memory cgroups: {e}")
+
+    try:
+        d["MT_OFF_MM_RSS_STAT"] = btf.member_offset("mm_struct", "rss_stat")
+        d["MT_SIZEOF_PERCPU_COUNTER"] = btf.sizeof("percpu_counter")
+        d["MT_OFF_PERCPU_COUNTER_COUNT"] = btf.member_offset("percpu_counter", "count")
+        for item in ("MM_FILEPAGES", "MM_ANONPAGES", "MM_SHMEMPAGES"):
+            d[f"MT_{item}"] = btf.enum_value(item)
+        features.add("MT_HAVE_RSS_STAT")
+    except BtfError as e:
+        notes.append(f"OOM victim RSS: {e}")
+        for item in ("MM_FILEPAGES", "MM_ANONPAGES", "MM_SHMEMPAGES"):
+            d[f"MT_{item}"] = 0
+
+    if have_task_pt_regs is None:
+        have_task_pt_regs = _kallsyms_has("bpf_task_pt_regs") and _kallsyms_has(
+            "bpf_get_current_task_btf")
+    if have_task_pt_regs:
+        features.add("MT_HAVE_TASK_PT_REGS")
+    else:
+        notes.append("no bpf_task_pt_regs helper: kernel failures are linked to syscalls by "
+                     "thread and time only")
+
+    gfp_bits = btf.enumerators("___GFP_")
+    return Layout(d, frozenset(features), gfp_bits, tuple(notes))
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Sizes and switches for one compile; defaults live in bpf/memtrace.h."""
+
+    families: frozenset[str]
+    ringbuf_pages: Optional[int] = None
+    counter_entries: Optional[int] = None
+    stack_entries: Optional[int] = None
+    extra: Mapping[str, int] = field(default_factory=dict)
+
+
+def cflags(layout: Layout, options: BuildOptions, bpf_dir: Path) -> list[str]:
+    flags = [f"-I{bpf_dir}", "-Wno-macro-redefined", "-Wno-unused-function"]
+    defines = dict(layout.defines)
+    for name in _SYSCALLS:
+        defines[f"MT_NR_{name.upper()}"] = decoders.syscall_number(name)
+    gfp = decoders.GfpDecoder(layout.gfp_bits) if layout.gfp_bits else decoders.GfpDecoder.default()
+    defines["MT_GFP_OPPORTUNISTIC_MASK"] = gfp.mask("__GFP_NOWARN") | gfp.mask("__GFP_NORETRY")
+    if options.ringbuf_pages:
+        defines["MT_RINGBUF_PAGES"] = options.ringbuf_pages
+    if options.counter_entries:
+        defines["MT_COUNTER_ENTRIES"] = options.counter_entries
+    if options.stack_entries:
+        defines["MT_STACK_ENTRIES"] = options.stack_entries
+    defines.update(options.extra)
+    for name, value in sorted(defines.items()):
+        flags.append(f"-D{name}={value}")
+    for feature in sorted(layout.features):
+        flags.append(f"-D{feature}=1")
+    for family in sorted(options.families):
+        flags.append(f"-DMT_PROBE_{family}=1")
+    return flags
+
+
+def families_for(probe_families: Iterable[str]) -> frozenset[str]:
+    return frozenset(f for f in probe_families if f)

@@ -1,0 +1,108 @@
+"""The probe plan: each logical probe, its candidate attachments in order, and how each is detected."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+ATTACHED = "attached"
+UNAVAILABLE = "unavailable"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    via: str  # "raw_tp" (the only kind the BPF side implements today), "poll"
+    target: str  # tracepoint name, or what is polled
+    fn: str = ""  # BPF function name
+    params: Sequence[str] = ()  # expected raw-tracepoint parameter kinds: "*" pointer, "n" number
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    name: str
+    family: str  # MT_PROBE_<family> enables its C file
+    core: bool  # memtrace is useless without it
+    what: str
+    candidates: Sequence[Candidate]
+
+
+@dataclass(frozen=True)
+class ProbeStatus:
+    name: str
+    status: str  # attached | unavailable | failed
+    via: Optional[str]
+    reason: str
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "status": self.status, "via": self.via, "reason": self.reason}
+
+
+PLAN: tuple[ProbeSpec, ...] = (
+    ProbeSpec("syscall_exit", "SYSCALLS", True,
+              "every syscall returning ENOMEM, memory syscalls' EAGAIN, brk's silent failure",
+              [Candidate("raw_tp", "sys_exit", "mt_sys_exit", ("*", "n"))]),
+    ProbeSpec("page_alloc", "KMEM", True, "page allocator failures (mm_page_alloc, NULL page)",
+              [Candidate("raw_tp", "mm_page_alloc", "mt_page_alloc", ("*", "n", "n", "n"))]),
+    ProbeSpec("kmalloc", "KMEM", False, "kmalloc returning NULL",
+              [Candidate("raw_tp", "kmalloc", "mt_kmalloc", ("n", "*", "n", "n", "n", "n"))]),
+    ProbeSpec("kmem_cache_alloc", "KMEM", False, "kmem_cache_alloc returning NULL",
+              [Candidate("raw_tp", "kmem_cache_alloc", "mt_kmem_cache_alloc",
+                         ("n", "*", "*", "n", "n"))]),
+    ProbeSpec("vmalloc", "KMEM", False, "vmalloc area allocation failures",
+              [Candidate("raw_tp", "alloc_vmap_area", "mt_alloc_vmap_area",
+                         ("n", "n", "n", "n", "n", "n"))]),
+    ProbeSpec("percpu", "KMEM", False, "percpu allocation failures",
+              [Candidate("raw_tp", "percpu_alloc_percpu_fail", "mt_percpu_fail",
+                         ("n", "n", "n", "n"))]),
+    ProbeSpec("oom_kill", "OOM", False, "OOM kills (victim, size, memory cgroup)",
+              [Candidate("raw_tp", "mark_victim", "mt_mark_victim", ("*", "n"))]),
+    ProbeSpec("kernel_messages", "KMSG", False,
+              "the kernel's OOM constraint and overcommit refusal lines (printk:console)",
+              [Candidate("raw_tp", "console", "mt_console", ("*", "n"))]),
+    ProbeSpec("memcg_events", "", False,
+              "memory cgroup limit hits (memory.events, memory.failcnt, memory.oom_control)",
+              [Candidate("poll", "cgroup memory counters")]),
+)
+
+CORE_PROBES = tuple(p.name for p in PLAN if p.core)
+
+
+def _param_kind(ctype: str) -> str:
+    return "*" if ctype.rstrip().endswith("*") else "n"
+
+
+def check_raw_tp(cand: Candidate, actual: Optional[Sequence[str]]) -> Optional[str]:
+    """None when the running kernel's tracepoint matches what the BPF code reads, else why not."""
+    if actual is None:
+        return f"the kernel has no {cand.target} tracepoint (no btf_trace_{cand.target} in BTF)"
+    kinds = tuple(_param_kind(t) for t in actual)
+    if kinds != tuple(cand.params):
+        return (f"{cand.target} arguments are ({', '.join(actual)}) on this kernel, "
+                "not what memtrace reads")
+    return None
+
+
+def choose(btf_params, selected: Optional[set[str]] = None):
+    """Pick a candidate per probe. btf_params(name) -> list of C type names or None.
+
+    Returns (chosen {probe name: Candidate}, statuses for the ones that cannot attach)."""
+    chosen: dict[str, Candidate] = {}
+    statuses: dict[str, ProbeStatus] = {}
+    for spec in PLAN:
+        if selected is not None and spec.name not in selected:
+            continue
+        reasons = []
+        for cand in spec.candidates:
+            if cand.via == "poll":
+                chosen[spec.name] = cand
+                break
+            if cand.via == "raw_tp":
+                why = check_raw_tp(cand, btf_params(cand.target))
+                if why is None:
+                    chosen[spec.name] = cand
+                    break
+                reasons.append(why)
+        else:
+            statuses[spec.name] = ProbeStatus(spec.name, UNAVAILABLE, None, "; ".join(reasons))
+    return chosen, statuses

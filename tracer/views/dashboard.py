@@ -1,0 +1,383 @@
+"""`memtrace top`: the live dashboard, its plain-text fallback and the summary printed on exit."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import re
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from .. import __version__
+from ..decoders import format_bytes
+from ..model import (
+    Dashboard,
+    Failure,
+    Snapshot,
+    failures_by_cgroup,
+    failures_by_kind,
+    failures_by_process,
+    failures_by_syscall,
+    opportunistic_by_kind,
+    page_alloc_by_order,
+    total_failures,
+)
+from ..probes import ATTACHED, FAILED, UNAVAILABLE
+from .lines import describe
+
+WAITING = "waiting for allocation failures\u2026 (Ctrl-C to stop)"
+PLAIN_MAX_ROWS = 20  # rows per table in the periodic plain-text report
+_MAX_ROWS = 15  # rows per summary table on the live dashboard, however tall the terminal
+_MAX_RECENT = 100
+_STATUS_STYLE = {ATTACHED: "green", UNAVAILABLE: "yellow", FAILED: "red"}
+_OFFSET = re.compile(r"\+0x[0-9a-fA-F]+(?:/0x[0-9a-fA-F]+)?")
+_MODULE = re.compile(r"\s*\[[^\]]*\]$")
+_FRAME_WIDTH = 28
+
+Row = tuple[Any, ...]
+
+
+# --------------------------------------------------------------------------- shared facts
+
+
+def _uptime(seconds: float) -> str:
+    s = max(0, int(seconds))
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d}d{h:02d}h{m:02d}m"
+    if h:
+        return f"{h}h{m:02d}m{s:02d}s"
+    if m:
+        return f"{m}m{s:02d}s"
+    return f"{s}s"
+
+
+def _up(d: Dashboard, now: Optional[float]) -> str:
+    if d.started is None:
+        return _uptime(0)
+    return _uptime((time.time() if now is None else now) - d.started)
+
+
+def _version(d: Dashboard) -> str:
+    return d.ready.version if d.ready is not None else __version__
+
+
+def _kernel(d: Dashboard) -> str:
+    return d.ready.kernel if d.ready is not None else "?"
+
+
+def _opportunistic_total(s: Snapshot) -> int:
+    return sum(opportunistic_by_kind(s).values())
+
+
+def _kinds(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {n}" for k, n in counts.items() if n)
+
+
+def _process_rows(s: Snapshot) -> list[Row]:
+    return [(p, c, n) for p, c, n in failures_by_process(s)]
+
+
+def _cgroup_rows(s: Snapshot) -> list[Row]:
+    return [(cg, n) for cg, n in failures_by_cgroup(s)]
+
+
+def _syscall_rows(s: Snapshot) -> list[Row]:
+    return [(name, err, n) for name, err, n in failures_by_syscall(s)]
+
+
+def _page_rows(s: Snapshot) -> list[Row]:
+    return [(o, format_bytes(4096 << o), g, n)
+            for o, g, n in page_alloc_by_order(s, opportunistic=False)]
+
+
+def _opportunistic_rows(s: Snapshot) -> list[Row]:
+    per_order: dict[int, int] = {}
+    for o, _gfp, n in page_alloc_by_order(s, opportunistic=True):
+        per_order[o] = per_order.get(o, 0) + n
+    return [(o, format_bytes(4096 << o), n) for o, n in sorted(per_order.items())]
+
+
+def _frame(name: str) -> str:
+    name = _MODULE.sub("", _OFFSET.sub("", name)).strip() or name
+    if len(name) > _FRAME_WIDTH:
+        name = name[: _FRAME_WIDTH - 1] + "\u2026"
+    return name
+
+
+def _frames(f: Failure, n: int = 3) -> str:
+    parts = []
+    if f.kernel_stack:
+        parts.append("k: " + " < ".join(_frame(x) for x in f.kernel_stack[:n]))
+    if f.user_stack:
+        parts.append("u: " + " < ".join(_frame(x) for x in f.user_stack[:n]))
+    return "  ".join(parts)
+
+
+# --------------------------------------------------------------------------- live view
+
+
+def _height(r: RenderableType, width: int) -> int:
+    console = Console(width=width, file=io.StringIO(), color_system=None, legacy_windows=False)
+    return len(console.render_lines(r, console.options.update(width=width), pad=False))
+
+
+def _header(d: Dashboard, now: Optional[float]) -> Text:
+    s = d.snapshot
+    text = Text(no_wrap=False)
+    text.append(f"memtrace {_version(d)}", style="bold")
+    text.append(f" \u00b7 kernel {_kernel(d)} \u00b7 ")
+    total = total_failures(s)
+    text.append(f"{total} failures", style="bold red" if total else "bold")
+    text.append(f" \u00b7 {_opportunistic_total(s)} opportunistic \u00b7 up {_up(d, now)}")
+    return text
+
+
+def _probe_line(d: Dashboard) -> Text:
+    text = Text("probes:", style="dim")
+    probes = d.ready.probes if d.ready is not None else ()
+    if not probes:
+        text.append(" starting\u2026", style="dim")
+    for p in probes:
+        text.append(" ")
+        label = p.name if p.status == ATTACHED else f"{p.name}({p.status})"
+        text.append(label, style=_STATUS_STYLE.get(p.status, "red"))
+    return text
+
+
+def _footer(d: Dashboard) -> Text:
+    text = Text("dropped: ", style="dim")
+    items = list(d.snapshot.drops.items()) or [("none", 0)]
+    for i, (name, n) in enumerate(items):
+        if i:
+            text.append(" \u00b7 ", style="dim")
+        text.append(f"{name} {n}", style="bold red" if n else "dim")
+    text.append(f" \u00b7 events received: {d.events_seen}", style="dim")
+    return text
+
+
+def _table(title: str, columns: Sequence[tuple[str, str]], rows: Sequence[Row],
+           cap: Optional[int]) -> Table:
+    shown = rows if cap is None else rows[:cap]
+    more = len(rows) - len(shown)
+    t = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
+              show_edge=False, pad_edge=False, header_style="bold dim",
+              caption=f"+{more} more" if more else None, caption_justify="left",
+              caption_style="dim")
+    for name, justify in columns:
+        t.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis")  # type: ignore[arg-type]
+    for row in shown:
+        t.add_row(*(str(x) for x in row))
+    return t
+
+
+def _side_by_side(items: Sequence[RenderableType], ratios: Sequence[int]) -> Table:
+    grid = Table.grid(expand=True, padding=(0, 3))
+    for r in ratios:
+        grid.add_column(ratio=r)
+    grid.add_row(*items)
+    return grid
+
+
+def _arrange(items: list[tuple[RenderableType, int]], width: int, min_width: int
+             ) -> list[RenderableType]:
+    """Side by side when every item gets at least min_width columns, else stacked."""
+    if not items:
+        return []
+    if len(items) == 1:
+        return [items[0][0]]
+    if width >= min_width * len(items):
+        return [_side_by_side([r for r, _ in items], [w for _, w in items])]
+    return [r for r, _ in items]
+
+
+def _summary_sections(s: Snapshot, width: int, cap: int) -> list[RenderableType]:
+    top: list[tuple[RenderableType, int]] = []
+    procs, cgroups, calls = _process_rows(s), _cgroup_rows(s), _syscall_rows(s)
+    if procs:
+        top.append((_table("Failures by process", [("pid", "right"), ("comm", "left"),
+                                                   ("count", "right")], procs, cap), 1))
+    if cgroups:
+        top.append((_table("by cgroup", [("cgroup", "left"), ("count", "right")],
+                           cgroups, cap), 1))
+    if calls:
+        top.append((_table("by syscall", [("syscall", "left"), ("errno", "left"),
+                                          ("count", "right")], calls, cap), 1))
+    pages, opp = _page_rows(s), _opportunistic_rows(s)
+    bottom: list[tuple[RenderableType, int]] = []
+    if pages:
+        bottom.append((_table("Page allocation failures by order \u00d7 GFP",
+                              [("order", "right"), ("size", "right"), ("gfp", "left"),
+                               ("failures", "right")], pages, cap), 3))
+    if opp:
+        bottom.append((_table("Opportunistic (had a fallback; not failures)",
+                              [("order", "right"), ("size", "right"), ("attempts", "right")],
+                              opp, cap), 2))
+    return _arrange(top, width, 32) + _arrange(bottom, width, 40)
+
+
+def _recent_table(events: Sequence[Failure], more: int) -> Table:
+    t = Table(title="Recent events", title_justify="left", title_style="bold",
+              box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold dim",
+              expand=True, caption=f"+{more} more" if more else None, caption_justify="left",
+              caption_style="dim")
+    t.add_column("time", no_wrap=True, width=8)
+    t.add_column("kind", no_wrap=True, width=10)
+    t.add_column("event", overflow="fold", ratio=1)  # wraps; render() measures the height
+    for f in reversed(events):  # newest first
+        what = Text(describe(f))
+        if f.cause:
+            what.append(f"  [cause: {f.cause}]", style="yellow")
+        frames = _frames(f)
+        if frames:
+            what.append("\n" + frames, style="dim")
+        kind = Text(f.kind, style="bold red" if f.kind == "oom_kill" else "cyan")
+        t.add_row(dt.datetime.fromtimestamp(f.time).strftime("%H:%M:%S"), kind, what)
+    return t
+
+
+def render(d: Dashboard, *, width: int = 120, height: int = 40,
+           now: Optional[float] = None) -> RenderableType:
+    """The whole dashboard, fitted to width x height, for rich.live.Live to show."""
+    s = d.snapshot
+    head: list[RenderableType] = [_header(d, now), _probe_line(d)]
+    foot: list[RenderableType] = [_footer(d)]
+    room = height - _height(Group(*head, *foot), width)
+
+    body: list[RenderableType] = []
+    if total_failures(s) == 0 and not d.recent:
+        body.append(Text(WAITING, style="italic dim"))
+        room -= 1
+
+    longest = max((len(r) for r in (_process_rows(s), _cgroup_rows(s), _syscall_rows(s),
+                                    _page_rows(s), _opportunistic_rows(s))), default=0)
+    sections: list[RenderableType] = []
+    if longest:
+        # Exact totals come first, but leave the recent events about a third of the room.
+        budget = room - (max(4, room // 3) if d.recent else 0)
+        cap = min(longest, _MAX_ROWS)
+        while True:
+            sections = _summary_sections(s, width, cap)
+            used = _height(Group(*sections), width)
+            if used <= budget or cap == 1:
+                break
+            cap -= 1
+        room -= used
+    body.extend(sections)
+
+    events = list(d.latest(_MAX_RECENT))
+    seen = max(d.events_seen, len(d.recent))
+    n = min(len(events), room - 3)  # title, header, rule
+    while n > 0:
+        table = _recent_table(events[len(events) - n:], seen - n)
+        if _height(table, width) <= room:
+            body.append(table)
+            break
+        n -= 1
+    return Group(*head, *body, *foot)
+
+
+# --------------------------------------------------------------------------- plain text
+
+
+def _ascii(value: Any) -> str:
+    return str(value).encode("ascii", "backslashreplace").decode("ascii")
+
+
+def _ascii_table(title: str, columns: Sequence[tuple[str, str]], rows: Sequence[Row],
+                 cap: Optional[int] = None) -> list[str]:
+    shown = list(rows if cap is None else rows[:cap])
+    cells = [[_ascii(c) for c in row] for row in shown]
+    widths = [max([len(name)] + [len(r[i]) for r in cells]) for i, (name, _) in
+              enumerate(columns)]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def line(values: Iterable[str]) -> str:
+        out = []
+        for v, w, (_, justify) in zip(values, widths, columns):
+            out.append(v.rjust(w) if justify == "right" else v.ljust(w))
+        return "| " + " | ".join(out) + " |"
+
+    lines = [title, rule, line(name for name, _ in columns), rule]
+    lines += [line(r) for r in cells]
+    lines.append(rule)
+    if len(rows) > len(shown):
+        lines.append(f"+{len(rows) - len(shown)} more")
+    return lines
+
+
+_PROCESS_COLS = [("pid", "right"), ("comm", "left"), ("count", "right")]
+_CGROUP_COLS = [("cgroup", "left"), ("count", "right")]
+_SYSCALL_COLS = [("syscall", "left"), ("errno", "left"), ("count", "right")]
+_PAGE_COLS = [("order", "right"), ("size", "right"), ("gfp", "left"), ("failures", "right")]
+_OPP_COLS = [("order", "right"), ("size", "right"), ("attempts", "right")]
+
+
+def _plain_tables(s: Snapshot, cap: Optional[int]) -> list[str]:
+    out: list[str] = []
+    for title, cols, rows in (
+        ("Failures by process", _PROCESS_COLS, _process_rows(s)),
+        ("Failures by cgroup", _CGROUP_COLS, _cgroup_rows(s)),
+        ("Failures by syscall", _SYSCALL_COLS, _syscall_rows(s)),
+        ("Page allocation failures by order x GFP", _PAGE_COLS, _page_rows(s)),
+        ("Opportunistic page allocations (had a fallback; not failures)", _OPP_COLS,
+         _opportunistic_rows(s)),
+    ):
+        if rows:
+            out += [""] + _ascii_table(title, cols, rows, cap)
+    return out
+
+
+def _drops_line(d: Dashboard) -> str:
+    items = ", ".join(f"{k} {n}" for k, n in d.snapshot.drops.items()) or "none"
+    return _ascii(f"dropped: {items}")
+
+
+def _totals_lines(s: Snapshot) -> list[str]:
+    total, opp = total_failures(s), _opportunistic_total(s)
+    kinds, opp_kinds = _kinds(failures_by_kind(s)), _kinds(opportunistic_by_kind(s))
+    lines = [f"failures: {total}" + (f" ({kinds})" if kinds else "")]
+    lines.append(f"opportunistic (not failures): {opp}" + (f" ({opp_kinds})" if opp_kinds else ""))
+    return lines
+
+
+def render_plain(d: Dashboard, now: Optional[float] = None) -> str:
+    """The dashboard as plain ASCII text, for when stdout is not a terminal."""
+    t = time.time() if now is None else now
+    s = d.snapshot
+    stamp = dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+    lines = [f"[{stamp}] memtrace {_version(d)} | kernel {_kernel(d)} | up {_up(d, t)}"]
+    lines += _totals_lines(s)
+    if d.ready is not None and d.ready.probes:
+        by_status: dict[str, list[str]] = {}
+        for p in d.ready.probes:
+            by_status.setdefault(p.status, []).append(p.name)
+        lines.append("probes: " + "; ".join(f"{st} {', '.join(names)}"
+                                            for st, names in by_status.items()))
+    if total_failures(s) == 0:
+        lines.append("no allocation failures yet")
+    lines += _plain_tables(s, PLAIN_MAX_ROWS)
+    lines += ["", f"{_drops_line(d)} | events received: {d.events_seen}"]
+    return "\n".join(_ascii(x) for x in lines) + "\n"
+
+
+def summary_text(d: Dashboard) -> str:
+    """The final summary printed when memtrace stops: every exact total, as plain text."""
+    s = d.snapshot
+    total = total_failures(s)
+    head = f"memtrace summary: {total} allocation failure{'' if total == 1 else 's'}"
+    if d.started is not None:
+        head += f" in {_up(d, None)}"
+    lines = [head, f"events received: {d.events_seen}"]
+    lines += _totals_lines(s)
+    lines += _plain_tables(s, None)
+    lines += ["", _drops_line(d)]
+    return "\n".join(_ascii(x) for x in lines) + "\n"

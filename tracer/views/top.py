@@ -1,0 +1,66 @@
+"""`memtrace top`: the live dashboard (rich), or periodic plain tables when stdout is not a terminal."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Optional, TextIO
+
+from ..model import Dashboard, Failure, Ready, Snapshot, total_failures
+from ..runner import run
+from ..sources import Source
+
+
+def run_top(source: Source, *, duration: Optional[float], interval: float = 1.0,
+            out: TextIO = sys.stdout, terminal: Optional[bool] = None) -> Snapshot:
+    from rich.console import Console
+    from rich.live import Live
+
+    from .dashboard import render, render_plain, summary_text
+
+    board = Dashboard()
+    is_tty = out.isatty() if terminal is None else terminal
+    console = Console(file=out, force_terminal=is_tty, no_color=not is_tty)
+    live: Optional[Live] = None
+    last_plain: list[Optional[tuple]] = [None]
+
+    def draw() -> None:
+        if live is not None:
+            live.update(render(board, width=console.width, height=console.height), refresh=True)
+        else:
+            key = (total_failures(board.snapshot), board.events_seen,
+                   tuple(sorted(board.snapshot.drops.items())))
+            if key != last_plain[0]:
+                last_plain[0] = key
+                out.write(render_plain(board) + "\n")
+                out.flush()
+
+    def on_ready(r: Ready) -> None:
+        nonlocal live
+        board.ready = r
+        board.started = time.time()
+        if is_tty:
+            live = Live(console=console, screen=True, auto_refresh=False, transient=False)
+            live.start()
+        draw()
+
+    def on_failures(fs: list[Failure]) -> None:
+        board.add(fs)
+
+    def on_tick(s: Snapshot) -> None:
+        board.update(s)
+        draw()
+
+    def on_summary(s: Snapshot) -> None:
+        board.update(s)
+        if live is not None:
+            live.stop()
+        out.write(summary_text(board) + "\n")
+        out.flush()
+
+    try:
+        return run(source, duration=duration, interval=interval, on_ready=on_ready,
+                   on_failures=on_failures, on_tick=on_tick, on_summary=on_summary)
+    finally:
+        if live is not None and live.is_started:
+            live.stop()

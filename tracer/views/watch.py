@@ -1,0 +1,48 @@
+"""`memtrace watch`: stream failures as lines or JSON objects, then a summary."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional, TextIO
+
+from .. import jsonout
+from ..model import Dashboard, Failure, Ready, Snapshot
+from ..runner import run
+from ..sources import Source
+from .lines import format_line
+
+
+def run_watch(source: Source, *, duration: Optional[float], as_json: bool,
+              out: TextIO = sys.stdout) -> Snapshot:
+    board = Dashboard()
+
+    def emit(text: str) -> None:
+        out.write(text + "\n")
+        out.flush()
+
+    def on_ready(r: Ready) -> None:
+        board.ready = r
+        if as_json:
+            emit(jsonout.dumps(jsonout.ready_obj(r)))
+        else:
+            attached = sum(1 for p in r.probes if p.status == "attached")
+            others = [f"{p.name} {p.status}" for p in r.probes if p.status != "attached"]
+            emit(f"memtrace {r.version} on {r.kernel}: {attached}/{len(r.probes)} probes attached"
+                 + (f" ({', '.join(others)})" if others else "") + "; Ctrl-C to stop")
+
+    def on_failures(fs: list[Failure]) -> None:
+        board.add(fs)
+        for f in fs:
+            emit(jsonout.dumps(jsonout.failure_obj(f)) if as_json else format_line(f))
+
+    def on_summary(s: Snapshot) -> None:
+        board.update(s)
+        if as_json:
+            emit(jsonout.dumps(jsonout.summary_obj(s)))
+        else:
+            from .dashboard import summary_text
+
+            emit(summary_text(board))
+
+    return run(source, duration=duration, on_ready=on_ready, on_failures=on_failures,
+               on_summary=on_summary)
