@@ -114,6 +114,7 @@ static __always_inline void event_header(struct mt_event *e, void *task, u32 kin
 	e->memcg_id = task_memcg_id(task);
 	e->pid = pid_tgid >> 32;
 	e->tid = (u32)pid_tgid;
+	e->actor_tid = (u32)pid_tgid;
 	e->kind = kind;
 	e->syscall_nr = -1;
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
@@ -203,20 +204,53 @@ static __always_inline int syscall_failed(struct bpf_raw_tracepoint_args *ctx, l
 	bpf_get_current_comm(&key.comm, sizeof(key.comm));
 	count_syscall(&key);
 
+	/* Which of the thread's pending kernel failures happened inside this call:
+	 * same syscall, same call site, same user stack, recent. */
 	struct mt_pending *p = pending.lookup(&tid);
+	u32 matched = 0;
+	u64 now = bpf_ktime_get_ns();
+	if (p) {
+		u64 ip = 0, sp = 0;
+		bpf_probe_read_kernel(&ip, sizeof(ip), regs + MT_OFF_REGS_IP);
+		bpf_probe_read_kernel(&sp, sizeof(sp), regs + MT_OFF_REGS_SP);
+#pragma unroll
+		for (int i = 0; i < MT_MAX_LINKED; i++) {
+			if (i >= p->n)
+				break;
+			struct mt_kfail *kf = &p->kf[i];
+			if (kf->syscall_nr != nr || kf->user_ip != ip || kf->user_sp != sp)
+				continue;
+			if (now - kf->ts_ns > MT_LINK_WINDOW_NS)
+				continue;
+			matched |= 1 << i;
+			if (kf->flags & MT_F_OPPORTUNISTIC) {
+				/* Its fallback did not save the call: from now on a failure. */
+				struct mt_kfail_key kk = {};
+				kk.memcg_id = key.memcg_id;
+				kk.pid = key.pid;
+				kk.gfp = kf->gfp;
+				kk.kind = kf->kind;
+				kk.order = kf->order;
+				kk.opportunistic = 1;
+				__builtin_memcpy(kk.comm, key.comm, sizeof(kk.comm));
+				u64 *v = kfail_counts.lookup(&kk);
+				if (v && *v)
+					__sync_fetch_and_add(v, -1);
+				kk.opportunistic = 0;
+				count_kfail(&kk);
+			}
+		}
+	}
+
 	struct mt_event *e = events.ringbuf_reserve(sizeof(struct mt_event));
 	if (!e) {
 		count_drop(MT_DROP_RINGBUF);
-		if (p)
-			clear_pending(tid);
-		return 1;
+		goto out;
 	}
 	if (zero_event(e) != 0) {
 		events.ringbuf_discard(e, 0);
 		count_drop(MT_DROP_RINGBUF);
-		if (p)
-			clear_pending(tid);
-		return 1;
+		goto out;
 	}
 	event_header(e, task, MT_KIND_SYSCALL);
 	e->flags = flags;
@@ -230,32 +264,21 @@ static __always_inline int syscall_failed(struct bpf_raw_tracepoint_args *ctx, l
 	bpf_probe_read_kernel(&e->args[5], 8, regs + MT_OFF_REGS_R9);
 	e->user_stack_id = user_stack(ctx);
 	e->kernel_stack_id = kernel_stack(ctx);
-
 	if (p) {
-		u64 ip = 0, sp = 0;
-		bpf_probe_read_kernel(&ip, sizeof(ip), regs + MT_OFF_REGS_IP);
-		bpf_probe_read_kernel(&sp, sizeof(sp), regs + MT_OFF_REGS_SP);
 		u32 n = 0;
 #pragma unroll
 		for (int i = 0; i < MT_MAX_LINKED; i++) {
-			if (i >= p->n)
-				break;
-			struct mt_kfail *kf = &p->kf[i];
-			/* Same syscall, same call site, same user stack, recent: the kernel
-			 * failure happened inside this very call. */
-			if (kf->syscall_nr != nr || kf->user_ip != ip || kf->user_sp != sp)
+			if (!(matched & (1 << i)))
 				continue;
-			if (e->ts_ns - kf->ts_ns > MT_LINK_WINDOW_NS)
-				continue;
-			if (n < MT_MAX_LINKED) {
-				__builtin_memcpy(&e->linked[n], kf, sizeof(*kf));
-				n++;
-			}
+			__builtin_memcpy(&e->linked[n & (MT_MAX_LINKED - 1)], &p->kf[i], sizeof(struct mt_kfail));
+			n++;
 		}
 		e->n_linked = n;
-		clear_pending(tid);
 	}
 	events.ringbuf_submit(e, 0);
+out:
+	if (p)
+		clear_pending(tid);
 	return 1;
 }
 

@@ -111,6 +111,8 @@ struct mt_event {
 	__s32 kernel_stack_id;
 	__u32 n_linked;         /* kernel failures inside this syscall, in linked[] */
 	__u32 oom_uid;
+	__u32 actor_tid;        /* the thread that was running (for an OOM kill: the killer) */
+	__u32 pad;
 	__u64 oom_total_vm;     /* pages */
 	__u64 oom_rss;          /* pages: anon + file + shmem */
 	char comm[MT_COMM_LEN];

@@ -101,6 +101,8 @@ class Event(ct.Structure):
         ("kernel_stack_id", ct.c_int32),
         ("n_linked", ct.c_uint32),
         ("oom_uid", ct.c_uint32),
+        ("actor_tid", ct.c_uint32),
+        ("pad", ct.c_uint32),
         ("oom_total_vm", ct.c_uint64),
         ("oom_rss", ct.c_uint64),
         ("comm", ct.c_char * MT_COMM_LEN),

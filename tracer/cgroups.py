@@ -54,7 +54,7 @@ class CgroupResolver:
     cgroup, on a pure v2 host a v2 cgroup. Paths are relative to their hierarchy's
     root ("/" for the root cgroup), as /proc/PID/cgroup shows them."""
 
-    def __init__(self, hierarchies: Optional[list[Hierarchy]] = None, rescan_interval: float = 1.0):
+    def __init__(self, hierarchies: Optional[list[Hierarchy]] = None, rescan_interval: float = 0.05):
         self.hierarchies = find_hierarchies() if hierarchies is None else hierarchies
         self._ids: dict[Path, dict[int, str]] = {}
         self._last_scan = 0.0

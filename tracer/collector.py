@@ -28,7 +28,7 @@ from .probes import ATTACHED, CORE_PROBES, FAILED, PLAN, ProbeStatus, choose
 
 Log = Callable[[str], None]
 
-_OOM_LINE = re.compile(r"constraint=(\w+).*?(?:oom_memcg=([^,]*),)?.*?task=([^,]*),pid=(\d+)")
+_OOM_CONSTRAINT = re.compile(r"^oom-kill:constraint=(\w+)")
 
 
 _TRACING_FRAME = re.compile(r"^(bpf_prog_\w+|bpf_trace_run\d+|__bpf_trace_\w+|__traceiter_\w+)$")
@@ -55,7 +55,7 @@ class LiveSource:
         self.layout: Optional[Layout] = None
         self.statuses: list[ProbeStatus] = []
         self._out: list[Failure] = []
-        self._kmsg: list[tuple[float, str]] = []
+        self._kmsg: list[tuple[float, int, str]] = []
         self._last_memcg_poll = 0.0
         self._clock_offset = time.time() - time.monotonic()
 
@@ -117,7 +117,7 @@ class LiveSource:
         self.memcg = MemcgWatcher(self.resolver)
         if self.filter.cgroup is not None:
             self.memcg.watch(self.filter.cgroup)
-        self.bpf["events"].open_ring_buffer(self._on_event)
+        self.bpf[b"events"].open_ring_buffer(self._on_event)
         return Ready(__version__, host.kernel_release(), tuple(self.statuses), self.layout.notes)
 
     def close(self) -> None:
@@ -174,7 +174,7 @@ class LiveSource:
             return ()
         out: list[str] = []
         try:
-            for addr in self.bpf["stacks"].walk(stack_id):
+            for addr in self.bpf[b"stacks"].walk(stack_id):
                 out.append(self.bpf.ksym(addr, show_offset=False).decode("utf-8", "replace"))
         except KeyError:
             return ()
@@ -185,7 +185,7 @@ class LiveSource:
             return ()
         out = []
         try:
-            for addr in self.bpf["stacks"].walk(stack_id):
+            for addr in self.bpf[b"stacks"].walk(stack_id):
                 name = self.bpf.sym(addr, pid, show_module=True, show_offset=False)
                 text = name.decode("utf-8", "replace")
                 out.append(f"0x{addr:x}" if text.startswith("[unknown]") else text)
@@ -211,7 +211,7 @@ class LiveSource:
         kind = abi.KIND_NAMES.get(e.kind, str(e.kind))
         comm = abi.cstr(e.comm)
         if kind == "kmsg":
-            self._kmsg.append((time.monotonic(), abi.cstr(e.msg)))
+            self._kmsg.append((time.monotonic(), int(e.actor_tid), abi.cstr(e.msg)))
             self._kmsg = self._kmsg[-32:]
             return []
         cgroup = self._cgroup(e.memcg_id)
@@ -226,7 +226,7 @@ class LiveSource:
         if kind == "oom_kill":
             detail = {"total_vm_bytes": int(e.oom_total_vm) * 4096,
                       "rss_bytes": int(e.oom_rss) * 4096, "uid": int(e.oom_uid)}
-            detail.update(self._oom_constraint(int(e.tid)))
+            detail.update(self._oom_constraint(int(e.actor_tid)))
             return [Failure(kind=kind, kernel_stack=self._kstack(e.kernel_stack_id),
                             detail=detail, **common)]
         kf = self._kernel_failure(e.kf)
@@ -268,30 +268,30 @@ class LiveSource:
             **common))
         return out
 
-    def _oom_constraint(self, victim_tid: int) -> dict:
+    def _oom_constraint(self, killer_tid: int) -> dict:
+        """The constraint of the OOM report the killing thread printed just before."""
         now = time.monotonic()
-        for seen, line in reversed(self._kmsg):
+        for seen, tid, line in reversed(self._kmsg):
             if now - seen > 5:
                 break
-            m = _OOM_LINE.search(line)
-            if m and int(m.group(4)) == victim_tid:
-                out = {"constraint": m.group(1)}
-                if m.group(2):
-                    out["oom_memcg"] = m.group(2)
-                return out
+            m = _OOM_CONSTRAINT.match(line)
+            if m and tid == killer_tid:
+                return {"constraint": m.group(1)}
         return {}
 
     # -- exact totals -----------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         assert self.bpf is not None
         syscalls = []
-        for k, v in self.bpf["syscall_counts"].items():
+        for k, v in self.bpf[b"syscall_counts"].items():
             syscalls.append(SyscallCount(
                 pid=int(k.pid), comm=abi.cstr(k.comm), cgroup=self._cgroup(k.memcg_id),
                 syscall=decoders.syscall_name(int(k.syscall_nr)),
                 errno=decoders.errno_name(int(k.err)) if k.err else None, count=int(v.value)))
         kernel = []
-        for k, v in self.bpf["kfail_counts"].items():
+        for k, v in self.bpf[b"kfail_counts"].items():
+            if not v.value:
+                continue  # an opportunistic attempt that turned into a failure
             kind = abi.KIND_NAMES.get(int(k.kind), str(k.kind))
             kernel.append(KernelCount(
                 pid=int(k.pid), comm=abi.cstr(k.comm), cgroup=self._cgroup(k.memcg_id), kind=kind,
@@ -299,7 +299,7 @@ class LiveSource:
                 gfp=self.gfp.decode(int(k.gfp)) if kind in ("page_alloc", "slab") else None,
                 opportunistic=bool(k.opportunistic), count=int(v.value)))
         drops = {name: 0 for name in abi.DROP_NAMES.values()}
-        for k, v in self.bpf["drops"].items():
+        for k, v in self.bpf[b"drops"].items():
             name = abi.DROP_NAMES.get(int(k.value))
             if name:
                 drops[name] = int(sum(v))

@@ -158,7 +158,14 @@ def opportunistic_by_kind(s: Snapshot) -> dict[str, int]:
 
 
 def total_failures(s: Snapshot) -> int:
-    return sum(failures_by_kind(s).values())
+    """Allocation failures: syscalls, kernel allocations, OOM kills. Memory cgroup limit
+    hits are counted apart (one failed allocation can hit a limit many times)."""
+    return sum(n for kind, n in failures_by_kind(s).items() if kind != "memcg")
+
+
+def memcg_limit_hits(s: Snapshot) -> list[tuple[str, str, int]]:
+    """(cgroup, event, increase since start) largest first."""
+    return sorted(((m.cgroup, m.event, m.count) for m in s.memcg), key=lambda t: (-t[2], t[0]))
 
 
 def failures_by_process(s: Snapshot) -> list[tuple[int, str, int]]:
@@ -179,8 +186,6 @@ def failures_by_cgroup(s: Snapshot) -> list[tuple[str, int]]:
     for k in s.kernel:
         if is_failure_count(k):
             _add(d, k.cgroup or "?", k.count)
-    for m in s.memcg:
-        _add(d, m.cgroup, m.count)
     return sorted(d.items(), key=lambda t: (-t[1], t[0]))
 
 

@@ -142,7 +142,8 @@ def _header(d: Dashboard, now: Optional[float]) -> Text:
 
 
 def _probe_line(d: Dashboard) -> Text:
-    text = Text("probes:", style="dim")
+    text = Text()
+    text.append("probes:", style="dim")
     probes = d.ready.probes if d.ready is not None else ()
     if not probes:
         text.append(" starting\u2026", style="dim")
@@ -154,8 +155,11 @@ def _probe_line(d: Dashboard) -> Text:
 
 
 def _footer(d: Dashboard) -> Text:
-    text = Text("dropped: ", style="dim")
-    items = list(d.snapshot.drops.items()) or [("none", 0)]
+    text = Text()
+    text.append("dropped: ", style="dim")
+    items = list(d.snapshot.drops.items())
+    if not items:
+        text.append("none", style="dim")
     for i, (name, n) in enumerate(items):
         if i:
             text.append(" \u00b7 ", style="dim")
@@ -169,7 +173,7 @@ def _table(title: str, columns: Sequence[tuple[str, str]], rows: Sequence[Row],
     shown = rows if cap is None else rows[:cap]
     more = len(rows) - len(shown)
     t = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
-              show_edge=False, pad_edge=False, header_style="bold dim",
+              show_edge=False, pad_edge=False, header_style="bold dim", min_width=len(title),
               caption=f"+{more} more" if more else None, caption_justify="left",
               caption_style="dim")
     for name, justify in columns:
@@ -218,7 +222,7 @@ def _summary_sections(s: Snapshot, width: int, cap: int) -> list[RenderableType]
                               [("order", "right"), ("size", "right"), ("gfp", "left"),
                                ("failures", "right")], pages, cap), 3))
     if opp:
-        bottom.append((_table("Opportunistic (had a fallback; not failures)",
+        bottom.append((_table("Opportunistic (not failures)",
                               [("order", "right"), ("size", "right"), ("attempts", "right")],
                               opp, cap), 2))
     return _arrange(top, width, 32) + _arrange(bottom, width, 40)
