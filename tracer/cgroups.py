@@ -117,15 +117,15 @@ class CgroupResolver:
         for h in self.hierarchies:
             if p.is_absolute():
                 try:
-                    rel = p.resolve().relative_to(h.mount)
-                    if (h.mount / rel).is_dir():
-                        return h, "/" + str(rel) if str(rel) != "." else "/"
+                    inside = p.resolve().relative_to(h.mount)
                 except ValueError:
-                    pass
+                    continue
+                if (h.mount / inside).is_dir():
+                    return h, "/" if str(inside) == "." else "/" + str(inside)
         rel = "/" + given.strip("/")
         for h in self.hierarchies:
             if (h.mount / rel.lstrip("/")).is_dir():
-                return h, rel if rel != "/" else "/"
+                return h, rel
         where = ", ".join(str(h.mount) for h in self.hierarchies) or "no cgroup mounts"
         raise LookupError(f"no such cgroup: {given} (looked in {where})")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ctypes as ct
 import re
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from . import __version__, abi, decoders, host
 from .btf import load_vmlinux
@@ -45,13 +45,13 @@ def strip_tracing_frames(frames: list[str]) -> tuple[str, ...]:
 class LiveSource:
     """Failures as the running kernel reports them."""
 
-    def __init__(self, filt: Filter = Filter(), log: Optional[Log] = None,
+    def __init__(self, filt: Optional[Filter] = None, log: Optional[Log] = None,
                  options: Optional[BuildOptions] = None, symbolize: bool = True):
-        self.filter = filt
+        self.filter = filt or Filter()
         self.log = log or (lambda msg: None)
         self.options = options
         self.symbolize = symbolize
-        self.bpf = None
+        self.bpf: Any = None
         self.layout: Optional[Layout] = None
         self.statuses: list[ProbeStatus] = []
         self._out: list[Failure] = []
@@ -219,7 +219,7 @@ class LiveSource:
             return []
         if cgroup:
             self.memcg.watch(cgroup)
-        common = dict(time=self._wall(e.ts_ns), pid=int(e.pid), tid=int(e.tid), comm=comm,
+        common: dict[str, Any] = dict(time=self._wall(e.ts_ns), pid=int(e.pid), tid=int(e.tid), comm=comm,
                       cgroup=cgroup, cgroup_id=int(e.memcg_id), ts_ns=int(e.ts_ns))
         if kind == "syscall":
             return self._syscall_failures(e, common)
@@ -235,7 +235,7 @@ class LiveSource:
             user_stack=self._ustack(e.user_stack_id, e.pid), kernel_stack=kf.kernel_stack,
             detail={"cache": kf.cache} if kf.cache else {}, **common)]
 
-    def _syscall_failures(self, e: abi.Event, common: dict) -> list[Failure]:
+    def _syscall_failures(self, e: abi.Event, common: dict[str, Any]) -> list[Failure]:
         name = decoders.syscall_name(int(e.syscall_nr))
         args = [int(a) for a in e.args]
         brk = bool(e.flags & abi.F_BRK)

@@ -26,11 +26,11 @@ class FakeSource:
     """A scripted source for tests: batches of failures handed out one per poll."""
 
     def __init__(self, ready: Ready, batches: Sequence[Sequence[Failure]] = (),
-                 snapshots: Sequence[Snapshot] = (), filt: Filter = Filter()):
+                 snapshots: Sequence[Snapshot] = (), filt: Optional[Filter] = None):
         self.ready = ready
         self.batches = [list(b) for b in batches]
         self.snapshots = list(snapshots) or [Snapshot()]
-        self.filter = filt
+        self.filter = filt or Filter()
         self.started = False
         self.closed = False
         self.polls = 0
