@@ -120,6 +120,33 @@ static __always_inline void event_header(struct mt_event *e, void *task, u32 kin
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
 }
 
+/* The current task's memory and limits (offsets from BTF); only on failure paths. */
+static __always_inline void task_evidence(void *task, struct mt_task_evidence *ev)
+{
+	void *mm = read_ptr(task, MT_OFF_TASK_MM);
+	if (!mm)
+		return;
+	bpf_probe_read_kernel(&ev->total_vm, 8, mm + MT_OFF_MM_TOTAL_VM);
+	bpf_probe_read_kernel(&ev->data_vm, 8, mm + MT_OFF_MM_DATA_VM);
+	bpf_probe_read_kernel(&ev->locked_vm, 8, mm + MT_OFF_MM_LOCKED_VM);
+	bpf_probe_read_kernel(&ev->pinned_vm, 8, mm + MT_OFF_MM_PINNED_VM);
+	bpf_probe_read_kernel(&ev->def_flags, 8, mm + MT_OFF_MM_DEF_FLAGS);
+	bpf_probe_read_kernel(&ev->map_count, 4, mm + MT_OFF_MM_MAP_COUNT);
+	void *signal = read_ptr(task, MT_OFF_TASK_SIGNAL);
+	if (signal) {
+		bpf_probe_read_kernel(&ev->rlim_as, 8, signal + MT_OFF_SIGNAL_RLIM +
+				      MT_RLIMIT_AS * MT_SIZEOF_RLIMIT + MT_OFF_RLIMIT_CUR);
+		bpf_probe_read_kernel(&ev->rlim_data, 8, signal + MT_OFF_SIGNAL_RLIM +
+				      MT_RLIMIT_DATA * MT_SIZEOF_RLIMIT + MT_OFF_RLIMIT_CUR);
+		bpf_probe_read_kernel(&ev->rlim_memlock, 8, signal + MT_OFF_SIGNAL_RLIM +
+				      MT_RLIMIT_MEMLOCK * MT_SIZEOF_RLIMIT + MT_OFF_RLIMIT_CUR);
+	}
+	void *cred = read_ptr(task, MT_OFF_TASK_CRED);
+	if (cred)
+		bpf_probe_read_kernel(&ev->cap_effective, 8, cred + MT_OFF_CRED_CAP_EFFECTIVE);
+	ev->valid = 1;
+}
+
 static __always_inline s32 user_stack(void *ctx)
 {
 	int id = stacks.get_stackid(ctx, BPF_F_USER_STACK);
@@ -264,6 +291,7 @@ static __always_inline int syscall_failed(struct bpf_raw_tracepoint_args *ctx, l
 	bpf_probe_read_kernel(&e->args[5], 8, regs + MT_OFF_REGS_R9);
 	e->user_stack_id = user_stack(ctx);
 	e->kernel_stack_id = kernel_stack(ctx);
+	task_evidence(task, &e->task);
 	if (p) {
 		u32 n = 0;
 #pragma unroll
@@ -329,6 +357,7 @@ static __always_inline void kernel_failure(void *ctx, u32 kind, u64 size, u32 or
 		flags |= MT_F_SLAB_CACHE;
 
 	u64 memcg_id = task_memcg_id(task);
+	int evidence_only = kind == MT_KIND_UNMAPPED_AREA;
 	struct mt_kfail_key key = {};
 	key.memcg_id = memcg_id;
 	key.pid = pid_tgid >> 32;
@@ -337,7 +366,8 @@ static __always_inline void kernel_failure(void *ctx, u32 kind, u64 size, u32 or
 	key.order = order;
 	key.opportunistic = (flags & MT_F_OPPORTUNISTIC) ? 1 : 0;
 	bpf_get_current_comm(&key.comm, sizeof(key.comm));
-	count_kfail(&key);
+	if (!evidence_only)
+		count_kfail(&key);
 
 	u32 zero = 0;
 	struct mt_pending *scratch = scratch_pending.lookup(&zero);
@@ -353,7 +383,7 @@ static __always_inline void kernel_failure(void *ctx, u32 kind, u64 size, u32 or
 	kf->order = order;
 	kf->gfp = gfp;
 	kf->migratetype = migratetype;
-	kf->kernel_stack_id = kernel_stack(ctx);
+	kf->kernel_stack_id = evidence_only ? -1 : kernel_stack(ctx);
 	__builtin_memset(kf->name, 0, sizeof(kf->name));
 	if (cache_name)
 		bpf_probe_read_kernel_str(kf->name, sizeof(kf->name), cache_name);
@@ -398,7 +428,7 @@ static __always_inline void kernel_failure(void *ctx, u32 kind, u64 size, u32 or
 		}
 	}
 
-	if (flags & MT_F_OPPORTUNISTIC)
+	if ((flags & MT_F_OPPORTUNISTIC) || evidence_only)
 		return; /* counted; streamed only if its syscall then fails */
 
 	struct mt_event *e = events.ringbuf_reserve(sizeof(struct mt_event));
@@ -464,6 +494,20 @@ int mt_alloc_vmap_area(struct bpf_raw_tracepoint_args *ctx)
 	if (!(int)ctx->args[5])
 		return 0;
 	kernel_failure(ctx, MT_KIND_VMALLOC, ctx->args[1], 0, 0, -1, 0);
+	return 0;
+}
+
+/* vm_unmapped_area(unsigned long addr, struct vm_unmapped_area_info *info): addr is
+ * an errno when no free virtual range of that length and alignment exists. Kept
+ * as evidence for the syscall it happens in, never counted as a failure. */
+int mt_vm_unmapped_area(struct bpf_raw_tracepoint_args *ctx)
+{
+	if (ctx->args[0] < (u64)-4095)
+		return 0;
+	u64 length = 0;
+	bpf_probe_read_kernel(&length, sizeof(length),
+			      (void *)ctx->args[1] + MT_OFF_VM_UNMAPPED_AREA_INFO_LENGTH);
+	kernel_failure(ctx, MT_KIND_UNMAPPED_AREA, length, 0, 0, -1, 0);
 	return 0;
 }
 

@@ -61,6 +61,7 @@
 #define MT_KIND_OOM_KILL 6
 #define MT_KIND_MEMCG 7    /* produced in user space from cgroup counters */
 #define MT_KIND_KMSG 8     /* a kernel console line that is evidence (OOM constraint, overcommit) */
+#define MT_KIND_UNMAPPED_AREA 9 /* the search for a free virtual range failed: evidence only */
 
 /* ---- event flags ---- */
 #define MT_F_OPPORTUNISTIC 0x1  /* gfp allows failure with a fallback (__GFP_NOWARN/__GFP_NORETRY) */
@@ -95,6 +96,23 @@ struct mt_kfail {
 	char name[MT_NAME_LEN]; /* slab cache name */
 };
 
+/* The failing task's memory and limits at the moment of a syscall failure, so the
+ * diagnosis does not depend on /proc after the process may have gone. Pages for
+ * *_vm, bytes for rlimits (RLIM_INFINITY = ~0). */
+struct mt_task_evidence {
+	__u64 total_vm;
+	__u64 data_vm;
+	__u64 locked_vm;
+	__u64 pinned_vm;
+	__u64 def_flags;        /* VM_LOCKED here after mlockall(MCL_FUTURE) */
+	__u64 rlim_as;
+	__u64 rlim_data;
+	__u64 rlim_memlock;
+	__u64 cap_effective;    /* capability bits (CAP_IPC_LOCK lifts RLIMIT_MEMLOCK) */
+	__s32 map_count;
+	__u32 valid;            /* 1 when the task had an mm and the reads succeeded */
+};
+
 /* Everything user space learns about one failure. */
 struct mt_event {
 	__u64 ts_ns;            /* bpf_ktime_get_ns() */
@@ -116,6 +134,7 @@ struct mt_event {
 	__u64 oom_total_vm;     /* pages */
 	__u64 oom_rss;          /* pages: anon + file + shmem */
 	char comm[MT_COMM_LEN];
+	struct mt_task_evidence task; /* syscall failures */
 	struct mt_kfail kf;     /* the kernel failure itself (kernel-side kinds) */
 	struct mt_kfail linked[MT_MAX_LINKED];
 	char msg[MT_MSG_LEN];   /* kernel console line (MT_KIND_KMSG) */

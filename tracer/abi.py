@@ -40,6 +40,7 @@ KIND_PERCPU = C["MT_KIND_PERCPU"]
 KIND_OOM_KILL = C["MT_KIND_OOM_KILL"]
 KIND_MEMCG = C["MT_KIND_MEMCG"]
 KIND_KMSG = C["MT_KIND_KMSG"]
+KIND_UNMAPPED_AREA = C["MT_KIND_UNMAPPED_AREA"]
 
 KIND_NAMES = {
     KIND_SYSCALL: "syscall",
@@ -50,6 +51,7 @@ KIND_NAMES = {
     KIND_OOM_KILL: "oom_kill",
     KIND_MEMCG: "memcg",
     KIND_KMSG: "kmsg",
+    KIND_UNMAPPED_AREA: "unmapped_area",
 }
 
 F_OPPORTUNISTIC = C["MT_F_OPPORTUNISTIC"]
@@ -85,6 +87,22 @@ class KFail(ct.Structure):
     ]
 
 
+class TaskEvidence(ct.Structure):
+    _fields_ = [
+        ("total_vm", ct.c_uint64),
+        ("data_vm", ct.c_uint64),
+        ("locked_vm", ct.c_uint64),
+        ("pinned_vm", ct.c_uint64),
+        ("def_flags", ct.c_uint64),
+        ("rlim_as", ct.c_uint64),
+        ("rlim_data", ct.c_uint64),
+        ("rlim_memlock", ct.c_uint64),
+        ("cap_effective", ct.c_uint64),
+        ("map_count", ct.c_int32),
+        ("valid", ct.c_uint32),
+    ]
+
+
 class Event(ct.Structure):
     _fields_ = [
         ("ts_ns", ct.c_uint64),
@@ -106,6 +124,7 @@ class Event(ct.Structure):
         ("oom_total_vm", ct.c_uint64),
         ("oom_rss", ct.c_uint64),
         ("comm", ct.c_char * MT_COMM_LEN),
+        ("task", TaskEvidence),
         ("kf", KFail),
         ("linked", KFail * MT_MAX_LINKED),
         ("msg", ct.c_char * MT_MSG_LEN),
@@ -144,6 +163,7 @@ class Pending(ct.Structure):
 MIRRORED = {
     "mt_kfail": KFail,
     "mt_event": Event,
+    "mt_task_evidence": TaskEvidence,
     "mt_syscall_key": SyscallKey,
     "mt_kfail_key": KFailKey,
     "mt_pending": Pending,

@@ -23,6 +23,7 @@ from .model import (
     Ready,
     Snapshot,
     SyscallCount,
+    TaskState,
 )
 from .probes import ATTACHED, CORE_PROBES, FAILED, PLAN, ProbeStatus, choose
 
@@ -40,6 +41,26 @@ def strip_tracing_frames(frames: list[str]) -> tuple[str, ...]:
     while i < len(frames) and _TRACING_FRAME.match(frames[i]):
         i += 1
     return tuple(frames[i:])
+
+
+_RLIM_INFINITY = 2**64 - 1
+_VM_LOCKED = 0x2000  # include/linux/mm.h
+_CAP_IPC_LOCK = 14  # include/uapi/linux/capability.h
+
+
+def task_state(t: abi.TaskEvidence, unmapped_area_failed: bool, page_size: int = 4096
+               ) -> TaskState:
+    def limit(v: int) -> Optional[int]:
+        return None if v == _RLIM_INFINITY or v >= 2**63 else int(v)
+
+    return TaskState(
+        total_vm=int(t.total_vm) * page_size, data_vm=int(t.data_vm) * page_size,
+        locked_vm=int(t.locked_vm) * page_size, pinned_vm=int(t.pinned_vm) * page_size,
+        map_count=int(t.map_count), rlim_as=limit(t.rlim_as), rlim_data=limit(t.rlim_data),
+        rlim_memlock=limit(t.rlim_memlock),
+        cap_ipc_lock=bool(int(t.cap_effective) >> _CAP_IPC_LOCK & 1),
+        mlock_future=bool(int(t.def_flags) & _VM_LOCKED),
+        unmapped_area_failed=unmapped_area_failed)
 
 
 class LiveSource:
@@ -214,6 +235,8 @@ class LiveSource:
             self._kmsg.append((time.monotonic(), int(e.actor_tid), abi.cstr(e.msg)))
             self._kmsg = self._kmsg[-32:]
             return []
+        if kind == "unmapped_area":
+            return []  # evidence only; it arrives inside the syscall event
         cgroup = self._cgroup(e.memcg_id)
         if not self.filter.matches(e.pid, comm, cgroup):
             return []
@@ -245,8 +268,14 @@ class LiveSource:
         if brk:
             detail = {"requested_break": args[0], "returned_break": int(e.ret) & (2**64 - 1)}
             size = max(args[0] - detail["returned_break"], 0) or None
-        linked = tuple(self._kernel_failure(e.linked[i]) for i in range(min(e.n_linked,
-                                                                              abi.MT_MAX_LINKED)))
+        everything = [self._kernel_failure(e.linked[i])
+                      for i in range(min(e.n_linked, abi.MT_MAX_LINKED))]
+        unmapped_area_failed = any(k.kind == "unmapped_area" for k in everything)
+        linked = tuple(k for k in everything if k.kind != "unmapped_area")
+        task = task_state(e.task, unmapped_area_failed) if e.task.valid else None
+        message = self._kernel_message(int(e.tid), "__vm_enough_memory")
+        if message:
+            detail["kernel_message"] = message
         kstack = linked[0].kernel_stack if linked else self._kstack(e.kernel_stack_id)
         ustack = self._ustack(e.user_stack_id, e.pid)
         out = []
@@ -265,8 +294,20 @@ class LiveSource:
             order=primary.order if primary else None, gfp=primary.gfp if primary else None,
             user_stack=ustack, kernel_stack=kstack,
             args=decoders.describe_syscall_args(name, args), linked=linked, detail=detail,
-            **common))
+            task=task, **common))
         return out
+
+    def _kernel_message(self, tid: int, prefix: str, max_age: float = 2.0) -> Optional[str]:
+        """The kernel's own line about this thread's failure, printed inside the syscall."""
+        now = time.monotonic()
+        for i in range(len(self._kmsg) - 1, -1, -1):
+            seen, actor, line = self._kmsg[i]
+            if now - seen > max_age:
+                break
+            if actor == tid and line.startswith(prefix):
+                del self._kmsg[i]
+                return line
+        return None
 
     def _oom_constraint(self, killer_tid: int) -> dict:
         """The constraint of the OOM report the killing thread printed just before."""

@@ -47,7 +47,18 @@ def read_layout(btf: Btf, have_task_pt_regs: Optional[bool] = None) -> Layout:
         d[f"MT_OFF_REGS_{macro}"] = btf.member_offset("pt_regs", member)
     for member in ("flags", "pid", "tgid", "comm", "mm", "cgroups"):
         d[f"MT_OFF_TASK_{member.upper()}"] = btf.member_offset("task_struct", member)
-    d["MT_OFF_MM_TOTAL_VM"] = btf.member_offset("mm_struct", "total_vm")
+    for member in ("total_vm", "data_vm", "locked_vm", "pinned_vm", "def_flags", "map_count"):
+        d[f"MT_OFF_MM_{member.upper()}"] = btf.member_offset("mm_struct", member)
+    d["MT_OFF_TASK_SIGNAL"] = btf.member_offset("task_struct", "signal")
+    d["MT_OFF_SIGNAL_RLIM"] = btf.member_offset("signal_struct", "rlim")
+    d["MT_SIZEOF_RLIMIT"] = btf.sizeof("rlimit")
+    d["MT_OFF_RLIMIT_CUR"] = btf.member_offset("rlimit", "rlim_cur")
+    d["MT_OFF_TASK_CRED"] = btf.member_offset("task_struct", "cred")
+    d["MT_OFF_CRED_CAP_EFFECTIVE"] = btf.member_offset("cred", "cap_effective")
+    d["MT_OFF_VM_UNMAPPED_AREA_INFO_LENGTH"] = btf.member_offset("vm_unmapped_area_info",
+                                                                 "length")
+    # resource numbers of include/uapi/asm-generic/resource.h (x86, arm64, most arches)
+    d["MT_RLIMIT_DATA"], d["MT_RLIMIT_MEMLOCK"], d["MT_RLIMIT_AS"] = 2, 8, 9
     d["MT_OFF_KMEM_CACHE_NAME"] = btf.member_offset("kmem_cache", "name")
     d["MT_OFF_KMEM_CACHE_OBJECT_SIZE"] = btf.member_offset("kmem_cache", "object_size")
 

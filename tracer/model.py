@@ -28,6 +28,23 @@ class KernelFailure:
 
 
 @dataclass(frozen=True)
+class TaskState:
+    """The failing task's memory and limits, captured in the kernel at the failure."""
+
+    total_vm: int  # bytes
+    data_vm: int  # bytes
+    locked_vm: int  # bytes
+    pinned_vm: int  # bytes
+    map_count: int
+    rlim_as: Optional[int]  # bytes; None = unlimited
+    rlim_data: Optional[int]
+    rlim_memlock: Optional[int]
+    cap_ipc_lock: bool  # CAP_IPC_LOCK: RLIMIT_MEMLOCK does not apply
+    mlock_future: bool  # mlockall(MCL_FUTURE): new mappings are locked
+    unmapped_area_failed: bool = False  # the search for a free virtual range failed
+
+
+@dataclass(frozen=True)
 class Failure:
     """One allocation failure, as every view sees it."""
 
@@ -51,6 +68,10 @@ class Failure:
     linked: tuple[KernelFailure, ...] = ()  # kernel failures inside this syscall
     detail: Mapping[str, Any] = field(default_factory=dict)  # kind-specific facts
     ts_ns: int = 0  # the kernel's monotonic clock; orders events from one source
+    task: Optional[TaskState] = None  # syscall failures: limits at the moment of failure
+    explanation: Optional[str] = None  # the diagnosis: one actionable sentence
+    evidence: Mapping[str, Any] = field(default_factory=dict)  # the numbers behind `cause`
+    confidence: Optional[str] = None  # "confirmed" (kernel decision point) or "inferred"
 
 
 @dataclass(frozen=True)

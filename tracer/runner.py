@@ -10,6 +10,26 @@ from .model import Failure, Ready, Snapshot
 from .sources import Source
 
 
+class Diagnoser:
+    """Adds a cause to each failure, with evidence read right after it happened."""
+
+    def __init__(self) -> None:
+        from .cgroups import CgroupResolver
+        from .evidence import EvidenceSampler
+
+        self.sampler = EvidenceSampler(CgroupResolver())
+
+    def __call__(self, failures: list[Failure]) -> list[Failure]:
+        from . import diagnosis
+
+        out = []
+        for f in failures:
+            if f.cause is None:
+                f = diagnosis.apply(f, diagnosis.diagnose(f, self.sampler.evidence_for(f)))
+            out.append(f)
+        return out
+
+
 class StopFlag:
     """Set by SIGINT or SIGTERM; the loop checks it between polls."""
 
@@ -30,10 +50,18 @@ def run(source: Source, *, duration: Optional[float], on_ready: Callable[[Ready]
         on_failures: Callable[[list[Failure]], None],
         on_tick: Callable[[Snapshot], None] = lambda s: None,
         on_summary: Callable[[Snapshot], None] = lambda s: None,
-        interval: float = 1.0, stop: Optional[StopFlag] = None) -> Snapshot:
+        interval: float = 1.0, stop: Optional[StopFlag] = None,
+        diagnose: bool = True) -> Snapshot:
     stop = stop or StopFlag()
     stop.install()
     ready = source.start()
+    if diagnose:
+        deliver = on_failures
+        enrich = Diagnoser()
+
+        def on_failures(fs: list[Failure]) -> None:
+            deliver(enrich(fs))
+
     try:
         on_ready(ready)
         started = time.monotonic()

@@ -77,6 +77,8 @@ def _failure_from_json(obj: dict) -> Failure:
                    cgroup=obj.get("cgroup"), cgroup_id=int(obj.get("cgroup_id") or 0),
                    syscall=obj.get("syscall"), errno=obj.get("errno"), size=obj.get("size"),
                    order=obj.get("order"), gfp=obj.get("gfp"), cause=obj.get("cause"),
+                   explanation=obj.get("explanation"), evidence=obj.get("evidence") or {},
+                   confidence=obj.get("confidence"),
                    user_stack=tuple(obj.get("user_stack") or ()),
                    kernel_stack=tuple(obj.get("kernel_stack") or ()),
                    args=obj.get("args") or {}, opportunistic=bool(obj.get("opportunistic")),
