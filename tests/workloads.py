@@ -189,3 +189,115 @@ def sysctl(path: str, value: str) -> Iterator[None]:
         yield
     finally:
         p.write_text(old)
+
+
+# -- one reproduction per cause (tests/bpf/test_causes.py) ---------------------------------
+
+MMAP_HELPERS = """
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+FAILED = ctypes.c_void_p(-1).value
+def mm(size, flags, prot=3):
+    p = libc.mmap(None, size, prot, flags, -1, 0)
+    return (None if p == FAILED else p), ctypes.get_errno()
+"""
+
+RLIMIT_DATA_MMAP = MMAP_HELPERS + """
+data = int(open("/proc/self/status").read().split("VmData:")[1].split()[0]) * 1024
+limit = data + (8 << 20)
+resource.setrlimit(resource.RLIMIT_DATA, (limit, resource.getrlimit(resource.RLIMIT_DATA)[1]))
+p, err = mm(64 << 20, 0x22)  # MAP_PRIVATE|MAP_ANONYMOUS, PROT_READ|PROT_WRITE
+report(ok=p is not None, errno=err, size=64 << 20, limit=limit)
+linger()
+"""
+
+MEMLOCK = MMAP_HELPERS + """
+os.setgroups([]); os.setgid(65534); os.setuid(65534)  # no CAP_IPC_LOCK any more
+resource.setrlimit(resource.RLIMIT_MEMLOCK, (64 << 10, 64 << 10))
+buf, _ = mm(1 << 20, 0x22)
+r = libc.mlock(buf, 1 << 20)
+mlock_errno = ctypes.get_errno() if r else 0
+p, locked_errno = mm(1 << 20, 0x22 | 0x2000)  # MAP_LOCKED
+report(mlock_errno=mlock_errno, map_locked_errno=locked_errno if p is None else 0)
+linger()
+"""
+
+STRICT_OVERCOMMIT = MMAP_HELPERS + """
+size = int(os.environ["MT_SIZE"])
+p, err = mm(size, 0x22)
+report(ok=p is not None, errno=err, size=size)
+linger()
+"""
+
+MAP_COUNT = MMAP_HELPERS + """
+limit = int(open("/proc/sys/vm/max_map_count").read())
+pages = limit + 8
+base, _ = mm(pages * 4096, 0x22, prot=0)
+err = 0
+for i in range(0, pages, 2):
+    if libc.mprotect(base + i * 4096, 4096, 1) != 0:
+        err = ctypes.get_errno()
+        break
+maps = sum(1 for _ in open("/proc/self/maps"))
+report(errno=err, maps=maps, max_map_count=limit)
+linger()
+"""
+
+MAP_32BIT = MMAP_HELPERS + """
+p, err = mm(2 << 30, 0x22 | 0x40)  # MAP_32BIT: only a 1 GiB window exists
+report(ok=p is not None, errno=err)
+linger()
+"""
+
+BAD_RANGE = MMAP_HELPERS + """
+buf, _ = mm(3 * 4096, 0x22)
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+libc.munmap(buf + 4096, 4096)  # a hole in the middle
+r = libc.mprotect(buf, 3 * 4096, 1)
+mprotect_errno = ctypes.get_errno() if r else 0
+vec = ctypes.create_string_buffer(3)
+r = libc.mincore(buf, 3 * 4096, vec)
+mincore_errno = ctypes.get_errno() if r else 0
+report(mprotect_errno=mprotect_errno, mincore_errno=mincore_errno, addr=buf)
+linger()
+"""
+
+TOO_LARGE = MMAP_HELPERS + """
+p, err = mm(1 << 48, 0x22)
+report(ok=p is not None, errno=err)
+linger()
+"""
+
+HUGETLB = MMAP_HELPERS + """
+p, err = mm(2 << 20, 0x22 | 0x40000)  # MAP_HUGETLB with an empty pool
+report(ok=p is not None, errno=err)
+linger()
+"""
+
+HUGE_PIPE = """
+import fcntl
+r, w = os.pipe()
+try:
+    fcntl.fcntl(w, 1031, 1 << 30)  # its ring needs a kmalloc far above the largest
+    report(ok=True)
+except OSError as e:
+    report(ok=False, errno=e.errno)
+linger()
+"""
+
+FORK_IN_DEAD_PID_NS = """
+libc.unshare(0x20000000)  # CLONE_NEWPID: the next child is the namespace's init
+c = os.fork()
+if c == 0:
+    os._exit(0)
+os.waitpid(c, 0)
+try:
+    os.fork()
+    report(ok=True)
+except OSError as e:
+    report(ok=False, errno=e.errno)
+linger()
+"""

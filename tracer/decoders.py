@@ -504,6 +504,11 @@ _ARG_DECODERS: Dict[str, _ArgDecoder] = {
     "mmap": _mmap_args,
     "munmap": _range_args,
     "mlock": _range_args,
+    "munlock": _range_args,
+    "mincore": lambda a: {**_range_args(a), "vec": _arg(a, 2)},
+    "msync": lambda a: {**_range_args(a), "flags": _arg(a, 2)},
+    "pkey_mprotect": lambda a: {**_range_args(a), "prot": decode_prot(_arg(a, 2)),
+                                "pkey": _s32(_arg(a, 3))},
     "mremap": lambda a: {
         "old_address": _arg(a, 0),
         "old_size": _arg(a, 1),
@@ -558,6 +563,10 @@ _SIZE_ARG: Dict[str, int] = {
     "mlock": 1,
     "mlock2": 1,
     "madvise": 1,
+    "munlock": 1,
+    "mincore": 1,
+    "msync": 1,
+    "pkey_mprotect": 1,
     "mremap": 2,
     "shmget": 1,
 }

@@ -174,17 +174,31 @@ def rule_rlimit_memlock(f: Failure, ev: Evidence) -> Optional[Finding]:
                     "rlimit_memlock": t.rlim_memlock, "errno": f.errno})
 
 
+def _bad_range(f: Failure, ev: Evidence) -> Finding:
+    addr = int(f.args.get("addr", 0))
+    length = request_bytes(f)
+    how = "" if ev.range_mapped is False else " (the process was gone before its mappings " \
+        "could be read: inferred because no limit explains it)"
+    return Finding("bad_range",
+                   f"{f.syscall} was given a range ({addr:#x}, {_b(length)}) that is not fully "
+                   f"mapped{how}; the kernel says ENOMEM for that: not a memory shortage, a bug "
+                   "in the caller's address or length",
+                   {"addr": addr, "length": length, "range_mapped": ev.range_mapped})
+
+
 def rule_bad_range(f: Failure, ev: Evidence) -> Optional[Finding]:
     if f.syscall not in RANGE_SYSCALLS:
         return None
     if ev.range_mapped is False or (ev.range_mapped is None and f.syscall in ONLY_RANGE_SYSCALLS):
-        addr = int(f.args.get("addr", 0))
-        length = request_bytes(f)
-        return Finding("bad_range",
-                       f"{f.syscall} was given a range ({addr:#x}, {_b(length)}) that is not "
-                       "fully mapped; the kernel says ENOMEM for that: not a memory shortage, "
-                       "a bug in the caller's address or length",
-                       {"addr": addr, "length": length, "range_mapped": ev.range_mapped})
+        return _bad_range(f, ev)
+    return None
+
+
+def rule_bad_range_by_elimination(f: Failure, ev: Evidence) -> Optional[Finding]:
+    """mprotect/madvise/mlock say ENOMEM for a hole, a map-count split or a limit; with the
+    limits ruled out and the mappings unreadable, the hole is what is left."""
+    if f.syscall in RANGE_SYSCALLS and ev.range_mapped is None and f.errno == "ENOMEM":
+        return _bad_range(f, ev)
     return None
 
 
@@ -324,6 +338,7 @@ def rule_linked_kernel_failure(f: Failure, ev: Evidence) -> Optional[Finding]:
 SYSCALL_RULES: Sequence[Rule] = (
     rule_too_large, rule_max_map_count, rule_address_space, rule_hugetlb, rule_rlimit_memlock,
     rule_bad_range, rule_rlimit_as, rule_rlimit_data, rule_overcommit, rule_linked_kernel_failure,
+    rule_bad_range_by_elimination,
 )
 
 

@@ -368,7 +368,7 @@ _ARGS_CASES: List[ArgsCase] = [
     ("fcntl", [0, 1030, 10], {"fd": 0, "cmd": "F_DUPFD_CLOEXEC", "arg": 10}),
     ("fcntl", [_MINUS_ONE, 4242, 0], {"fd": -1, "cmd": "4242", "arg": 0}),
     ("read", [0, 0x1000, 10], {}),
-    ("munlock", [0x1000, 4096], {}),
+    ("munlock", [0x1000, 4096], {"addr": 0x1000, "length": 4096}),
     ("no_such_syscall", [1, 2, 3], {}),
 ]  # fmt: skip
 
