@@ -112,6 +112,24 @@ def watch(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str],
 
 
 @main.command()
+@click.argument("pid", type=int)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def explain(pid: int, as_json: bool) -> None:
+    """How close process PID is to each limit that can fail its next allocation.
+
+    No tracing: works without root for your own processes. Exit status 1 when a limit
+    is more than 90% used, so it can gate scripts."""
+    from .explain import ExplainError, run_explain
+
+    if pid <= 0:
+        fail(f"no such process: {pid}")
+    try:
+        sys.exit(run_explain(pid, as_json))
+    except ExplainError as e:
+        fail(str(e), code=2)
+
+
+@main.command()
 def doctor() -> None:
     """What this host supports, and whether each probe attaches. Exit 0 when the core ones do."""
     from .doctor import run_doctor
