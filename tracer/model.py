@@ -267,11 +267,23 @@ class Dashboard:
         self.recent: Deque[Failure] = collections.deque(maxlen=recent)
         self.events_seen = 0
         self.started: Optional[float] = None
+        self.by_cause: dict[str, int] = {}  # from the events received (detail, not totals)
+        self.findings: dict[str, Failure] = {}  # latest diagnosed failure per process/cgroup
 
     def add(self, failures: Iterable[Failure]) -> None:
         for f in failures:
             self.recent.append(f)
             self.events_seen += 1
+            if f.cause:
+                _add(self.by_cause, f.cause, 1)
+                who = f"pid {f.pid} ({f.comm})" if f.pid else f"cgroup {f.cgroup}"
+                self.findings.pop(who, None)
+                self.findings[who] = f  # re-inserted: newest last
+                while len(self.findings) > 50:
+                    self.findings.pop(next(iter(self.findings)))
+
+    def latest_findings(self, n: int) -> list[tuple[str, Failure]]:
+        return list(self.findings.items())[-n:][::-1]
 
     def update(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot

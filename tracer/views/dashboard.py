@@ -24,6 +24,7 @@ from ..model import (
     failures_by_kind,
     failures_by_process,
     failures_by_syscall,
+    memcg_limit_hits,
     opportunistic_by_kind,
     page_alloc_by_order,
     total_failures,
@@ -203,6 +204,35 @@ def _arrange(items: list[tuple[RenderableType, int]], width: int, min_width: int
     return [r for r, _ in items]
 
 
+def _cause_rows(d: Dashboard) -> list[Row]:
+    return [(cause, str(n)) for cause, n in sorted(d.by_cause.items(), key=lambda t: (-t[1], t[0]))]
+
+
+def _finding_rows(d: Dashboard, n: int = 50) -> list[Row]:
+    return [(who, f.cause or "", f.explanation or "") for who, f in d.latest_findings(n)]
+
+
+def _memcg_rows(s: Snapshot) -> list[Row]:
+    return [(cg, ev, str(n)) for cg, ev, n in memcg_limit_hits(s)]
+
+
+def _diagnosis_sections(d: Dashboard, width: int, cap: int) -> list[RenderableType]:
+    items: list[tuple[RenderableType, int]] = []
+    causes, findings = _cause_rows(d), _finding_rows(d)
+    if causes:
+        items.append((_table("Failures by cause", [("cause", "left"), ("events", "right")],
+                             causes, cap), 1))
+    if findings:
+        items.append((_table("Latest finding per process / cgroup",
+                             [("who", "left"), ("cause", "left"), ("why", "left")],
+                             findings, min(cap, 5)), 4))
+    memcg = _memcg_rows(d.snapshot)
+    if memcg:
+        items.append((_table("Memory cgroup limit hits", [("cgroup", "left"), ("event", "left"),
+                                                          ("count", "right")], memcg, cap), 2))
+    return _arrange(items, width, 30)
+
+
 def _summary_sections(s: Snapshot, width: int, cap: int) -> list[RenderableType]:
     top: list[tuple[RenderableType, int]] = []
     procs, cgroups, calls = _process_rows(s), _cgroup_rows(s), _syscall_rows(s)
@@ -269,7 +299,7 @@ def render(d: Dashboard, *, width: int = 120, height: int = 40,
         budget = room - (max(4, room // 3) if d.recent else 0)
         cap = min(longest, _MAX_ROWS)
         while True:
-            sections = _summary_sections(s, width, cap)
+            sections = _summary_sections(s, width, cap) + _diagnosis_sections(d, width, cap)
             used = _height(Group(*sections), width)
             if used <= budget or cap == 1:
                 break
@@ -325,8 +355,16 @@ _PAGE_COLS = [("order", "right"), ("size", "right"), ("gfp", "left"), ("failures
 _OPP_COLS = [("order", "right"), ("size", "right"), ("attempts", "right")]
 
 
-def _plain_tables(s: Snapshot, cap: Optional[int]) -> list[str]:
+def _plain_tables(s: Snapshot, cap: Optional[int], d: Optional[Dashboard] = None) -> list[str]:
     out: list[str] = []
+    diagnosis: list[tuple[str, Sequence[tuple[str, str]], list[Row]]] = []
+    if d is not None:
+        diagnosis = [
+            ("Failures by cause (events received)", [("cause", "left"), ("events", "right")],
+             _cause_rows(d)),
+            ("Latest finding per process / cgroup",
+             [("who", "left"), ("cause", "left"), ("why", "left")], _finding_rows(d, 10)),
+        ]
     for title, cols, rows in (
         ("Failures by process", _PROCESS_COLS, _process_rows(s)),
         ("Failures by cgroup", _CGROUP_COLS, _cgroup_rows(s)),
@@ -334,6 +372,9 @@ def _plain_tables(s: Snapshot, cap: Optional[int]) -> list[str]:
         ("Page allocation failures by order x GFP", _PAGE_COLS, _page_rows(s)),
         ("Opportunistic page allocations (had a fallback; not failures)", _OPP_COLS,
          _opportunistic_rows(s)),
+        ("Memory cgroup limit hits", [("cgroup", "left"), ("event", "left"), ("count", "right")],
+         _memcg_rows(s)),
+        *diagnosis,
     ):
         if rows:
             out += [""] + _ascii_table(title, cols, rows, cap)
@@ -347,8 +388,12 @@ def _drops_line(d: Dashboard) -> str:
 
 def _totals_lines(s: Snapshot) -> list[str]:
     total, opp = total_failures(s), _opportunistic_total(s)
-    kinds, opp_kinds = _kinds(failures_by_kind(s)), _kinds(opportunistic_by_kind(s))
+    by_kind = {k: n for k, n in failures_by_kind(s).items() if k != "memcg"}
+    kinds, opp_kinds = _kinds(by_kind), _kinds(opportunistic_by_kind(s))
     lines = [f"failures: {total}" + (f" ({kinds})" if kinds else "")]
+    hits = failures_by_kind(s).get("memcg", 0)
+    if hits:
+        lines.append(f"memory cgroup limit hits: {hits}")
     lines.append(f"opportunistic (not failures): {opp}" + (f" ({opp_kinds})" if opp_kinds else ""))
     return lines
 
@@ -368,7 +413,7 @@ def render_plain(d: Dashboard, now: Optional[float] = None) -> str:
                                             for st, names in by_status.items()))
     if total_failures(s) == 0:
         lines.append("no allocation failures yet")
-    lines += _plain_tables(s, PLAIN_MAX_ROWS)
+    lines += _plain_tables(s, PLAIN_MAX_ROWS, d)
     lines += ["", f"{_drops_line(d)} | events received: {d.events_seen}"]
     return "\n".join(_ascii(x) for x in lines) + "\n"
 
@@ -382,6 +427,6 @@ def summary_text(d: Dashboard) -> str:
         head += f" in {_up(d, None)}"
     lines = [head, f"events received: {d.events_seen}"]
     lines += _totals_lines(s)
-    lines += _plain_tables(s, None)
+    lines += _plain_tables(s, None, d)
     lines += ["", _drops_line(d)]
     return "\n".join(_ascii(x) for x in lines) + "\n"
