@@ -357,7 +357,7 @@ static __always_inline void kernel_failure(void *ctx, u32 kind, u64 size, u32 or
 		flags |= MT_F_SLAB_CACHE;
 
 	u64 memcg_id = task_memcg_id(task);
-	int evidence_only = kind == MT_KIND_UNMAPPED_AREA;
+	int evidence_only = kind == MT_KIND_UNMAPPED_AREA || kind == MT_KIND_DECISION;
 	struct mt_kfail_key key = {};
 	key.memcg_id = memcg_id;
 	key.pid = pid_tgid >> 32;
@@ -625,3 +625,54 @@ int mt_console(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 #endif /* MT_PROBE_KMSG */
+
+/* ======================================================================== */
+#if defined(MT_PROBE_DECISIONS) && defined(MT_PROBE_KMEM)
+/* decisions: the kernel's own decision points, on hosts with kprobes. A kretprobe
+ * sees the verdict; a refusal is kept, like a kernel failure, for the syscall it
+ * happens in, and turns an inferred cause into a confirmed one. The return value
+ * is read at pt_regs' ax offset from BTF, not from a header's struct. */
+
+static __always_inline u64 return_value(struct pt_regs *ctx)
+{
+	u64 rc = 0;
+	bpf_probe_read_kernel(&rc, sizeof(rc), (void *)ctx + MT_OFF_REGS_AX);
+	return rc;
+}
+
+/* int __vm_enough_memory(struct mm_struct *mm, long pages, int cap_sys_admin) */
+int mt_ret_vm_enough_memory(struct pt_regs *ctx)
+{
+	if (return_value(ctx) == 0)
+		return 0;
+	kernel_failure(ctx, MT_KIND_DECISION, 0, MT_DECISION_OVERCOMMIT, 0, -1, 0);
+	return 0;
+}
+
+/* bool may_expand_vm(struct mm_struct *mm, vm_flags_t flags, unsigned long npages) */
+int mt_ret_may_expand_vm(struct pt_regs *ctx)
+{
+	if (return_value(ctx) & 0xff)
+		return 0;
+	kernel_failure(ctx, MT_KIND_DECISION, 0, MT_DECISION_VM_LIMIT, 0, -1, 0);
+	return 0;
+}
+
+/* int try_charge_memcg(struct mem_cgroup *memcg, gfp_t gfp_mask, unsigned int nr_pages) */
+int mt_ret_try_charge_memcg(struct pt_regs *ctx)
+{
+	if (return_value(ctx) == 0)
+		return 0;
+	kernel_failure(ctx, MT_KIND_DECISION, 0, MT_DECISION_MEMCG, 0, -1, 0);
+	return 0;
+}
+
+/* bool mlock_future_ok(const struct mm_struct *mm, vm_flags_t vm_flags, unsigned long bytes) */
+int mt_ret_mlock_future_ok(struct pt_regs *ctx)
+{
+	if (return_value(ctx) & 0xff)
+		return 0;
+	kernel_failure(ctx, MT_KIND_DECISION, 0, MT_DECISION_MEMLOCK, 0, -1, 0);
+	return 0;
+}
+#endif /* MT_PROBE_DECISIONS */

@@ -62,6 +62,13 @@
 #define MT_KIND_MEMCG 7    /* produced in user space from cgroup counters */
 #define MT_KIND_KMSG 8     /* a kernel console line that is evidence (OOM constraint, overcommit) */
 #define MT_KIND_UNMAPPED_AREA 9 /* the search for a free virtual range failed: evidence only */
+#define MT_KIND_DECISION 10 /* a kernel decision point said no (kretprobe): evidence only */
+
+/* Kernel decision points (kf.order of a MT_KIND_DECISION record). */
+#define MT_DECISION_OVERCOMMIT 1 /* __vm_enough_memory refused */
+#define MT_DECISION_VM_LIMIT 2   /* may_expand_vm refused: RLIMIT_AS or RLIMIT_DATA */
+#define MT_DECISION_MEMCG 3      /* try_charge_memcg failed: the cgroup limit */
+#define MT_DECISION_MEMLOCK 4    /* mlock_future_ok refused: RLIMIT_MEMLOCK */
 
 /* ---- event flags ---- */
 #define MT_F_OPPORTUNISTIC 0x1  /* gfp allows failure with a fallback (__GFP_NOWARN/__GFP_NORETRY) */

@@ -41,6 +41,13 @@ KIND_OOM_KILL = C["MT_KIND_OOM_KILL"]
 KIND_MEMCG = C["MT_KIND_MEMCG"]
 KIND_KMSG = C["MT_KIND_KMSG"]
 KIND_UNMAPPED_AREA = C["MT_KIND_UNMAPPED_AREA"]
+KIND_DECISION = C["MT_KIND_DECISION"]
+DECISION_NAMES = {
+    C["MT_DECISION_OVERCOMMIT"]: "overcommit",
+    C["MT_DECISION_VM_LIMIT"]: "vm_limit",
+    C["MT_DECISION_MEMCG"]: "memcg_limit",
+    C["MT_DECISION_MEMLOCK"]: "rlimit_memlock",
+}
 
 KIND_NAMES = {
     KIND_SYSCALL: "syscall",
@@ -52,6 +59,7 @@ KIND_NAMES = {
     KIND_MEMCG: "memcg",
     KIND_KMSG: "kmsg",
     KIND_UNMAPPED_AREA: "unmapped_area",
+    KIND_DECISION: "decision",
 }
 
 F_OPPORTUNISTIC = C["MT_F_OPPORTUNISTIC"]

@@ -25,7 +25,7 @@ from .model import (
     SyscallCount,
     TaskState,
 )
-from .probes import ATTACHED, CORE_PROBES, FAILED, PLAN, ProbeStatus, choose
+from .probes import ATTACHED, CORE_PROBES, FAILED, PLAN, ProbeStatus, choose, kprobe_check
 
 Log = Callable[[str], None]
 
@@ -93,7 +93,7 @@ class LiveSource:
         self.layout = read_layout(btf)
         self.gfp = (decoders.GfpDecoder(self.layout.gfp_bits) if self.layout.gfp_bits
                     else decoders.GfpDecoder.default())
-        chosen, unavailable = choose(btf.tracepoint_params)
+        chosen, unavailable = choose(btf.tracepoint_params, kprobe_ok=kprobe_check())
         families = frozenset(spec.family for spec in PLAN if spec.name in chosen and spec.family)
         options = self.options or BuildOptions(families=families)
         if not options.families:
@@ -122,7 +122,11 @@ class LiveSource:
                 statuses[spec.name] = ProbeStatus(spec.name, ATTACHED, "poll", cand.target)
                 continue
             try:
-                self.bpf.attach_raw_tracepoint(tp=cand.target.encode(), fn_name=cand.fn.encode())
+                if cand.via == "kretprobe":
+                    self.bpf.attach_kretprobe(event=cand.target.encode(), fn_name=cand.fn.encode())
+                else:
+                    self.bpf.attach_raw_tracepoint(tp=cand.target.encode(),
+                                                   fn_name=cand.fn.encode())
                 statuses[spec.name] = ProbeStatus(spec.name, ATTACHED, cand.via, cand.target)
             except Exception as e:
                 statuses[spec.name] = ProbeStatus(spec.name, FAILED, cand.via, str(e).splitlines()[0])
@@ -220,7 +224,7 @@ class LiveSource:
         return KernelFailure(
             kind=kind,
             size=int(kf.size) if kf.size else None,
-            order=int(kf.order) if kind == "page_alloc" else None,
+            order=int(kf.order) if kind in ("page_alloc", "decision") else None,
             gfp=self.gfp.decode(kf.gfp) if has_gfp else None,
             opportunistic=bool(kf.flags & abi.F_OPPORTUNISTIC),
             cache=abi.cstr(kf.name) or None,
@@ -235,7 +239,7 @@ class LiveSource:
             self._kmsg.append((time.monotonic(), int(e.actor_tid), abi.cstr(e.msg)))
             self._kmsg = self._kmsg[-32:]
             return []
-        if kind == "unmapped_area":
+        if kind in ("unmapped_area", "decision"):
             return []  # evidence only; it arrives inside the syscall event
         cgroup = self._cgroup(e.memcg_id)
         if not self.filter.matches(e.pid, comm, cgroup):
@@ -271,8 +275,12 @@ class LiveSource:
         everything = [self._kernel_failure(e.linked[i])
                       for i in range(min(e.n_linked, abi.MT_MAX_LINKED))]
         unmapped_area_failed = any(k.kind == "unmapped_area" for k in everything)
-        linked = tuple(k for k in everything if k.kind != "unmapped_area")
+        decisions = sorted({abi.DECISION_NAMES.get(k.order or 0, "?") for k in everything
+                            if k.kind == "decision"})
+        linked = tuple(k for k in everything if k.kind not in ("unmapped_area", "decision"))
         task = task_state(e.task, unmapped_area_failed) if e.task.valid else None
+        if decisions:
+            detail["kernel_decisions"] = decisions
         message = self._kernel_message(int(e.tid), "__vm_enough_memory")
         if message:
             detail["kernel_message"] = message

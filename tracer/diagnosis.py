@@ -354,11 +354,26 @@ def _unknown(f: Failure, ev: Evidence) -> Finding:
                    "(see evidence)", facts)
 
 
+# What each kernel decision point (kretprobe, where the host has kprobes) confirms.
+DECISION_CONFIRMS = {"overcommit": {"overcommit"}, "vm_limit": {"rlimit_as", "rlimit_data"},
+                     "memcg_limit": {"memcg_limit"}, "rlimit_memlock": {"rlimit_memlock"}}
+
+
+def confirm(f: Failure, found: Finding) -> Finding:
+    """A cause the kernel's own decision point agrees with is confirmed, not inferred."""
+    decisions = f.detail.get("kernel_decisions") or ()
+    for d in decisions:
+        if found.cause in DECISION_CONFIRMS.get(d, ()):
+            return dataclasses.replace(found, confidence=CONFIRMED,
+                                       evidence={**found.evidence, "kernel_decision": d})
+    return found
+
+
 def diagnose_syscall(f: Failure, ev: Evidence) -> Finding:
     for rule in SYSCALL_RULES:
         found = rule(f, ev)
         if found is not None:
-            return found
+            return confirm(f, found)
     return _unknown(f, ev)
 
 

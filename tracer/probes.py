@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 ATTACHED = "attached"
 UNAVAILABLE = "unavailable"
@@ -63,6 +63,18 @@ PLAN: tuple[ProbeSpec, ...] = (
     ProbeSpec("kernel_messages", "KMSG", False,
               "the kernel's OOM constraint and overcommit refusal lines (printk:console)",
               [Candidate("raw_tp", "console", "mt_console", ("*", "n"))]),
+    ProbeSpec("decision_overcommit", "DECISIONS", False,
+              "the kernel's overcommit verdict (__vm_enough_memory): confirms `overcommit`",
+              [Candidate("kretprobe", "__vm_enough_memory", "mt_ret_vm_enough_memory")]),
+    ProbeSpec("decision_vm_limit", "DECISIONS", False,
+              "the kernel's RLIMIT_AS/RLIMIT_DATA verdict (may_expand_vm): confirms rlimits",
+              [Candidate("kretprobe", "may_expand_vm", "mt_ret_may_expand_vm")]),
+    ProbeSpec("decision_memcg", "DECISIONS", False,
+              "the memory cgroup charge verdict (try_charge_memcg): confirms `memcg_limit`",
+              [Candidate("kretprobe", "try_charge_memcg", "mt_ret_try_charge_memcg")]),
+    ProbeSpec("decision_memlock", "DECISIONS", False,
+              "the RLIMIT_MEMLOCK verdict for new locked mappings (mlock_future_ok)",
+              [Candidate("kretprobe", "mlock_future_ok", "mt_ret_mlock_future_ok")]),
     ProbeSpec("memcg_events", "", False,
               "memory cgroup limit hits (memory.events, memory.failcnt, memory.oom_control)",
               [Candidate("poll", "cgroup memory counters")]),
@@ -86,8 +98,34 @@ def check_raw_tp(cand: Candidate, actual: Optional[Sequence[str]]) -> Optional[s
     return None
 
 
-def choose(btf_params, selected: Optional[set[str]] = None):
-    """Pick a candidate per probe. btf_params(name) -> list of C type names or None.
+def kprobe_check(kallsyms: str = "/proc/kallsyms",
+                 pmu: str = "/sys/bus/event_source/devices/kprobe") -> Callable[[str], Optional[str]]:
+    """A checker saying why a kretprobe on a function cannot attach here (None: it can)."""
+    import os
+
+    have_kprobes = os.path.isdir(pmu)
+    names: set[str] = set()
+    if have_kprobes:
+        try:
+            with open(kallsyms) as f:
+                names = {line.split()[2] for line in f if len(line.split()) >= 3}
+        except OSError:
+            pass
+
+    def check(function: str) -> Optional[str]:
+        if not have_kprobes:
+            return "this kernel has no kprobes (CONFIG_KPROBES off); the cause stays inferred"
+        if function not in names:
+            return f"no {function} in this kernel"
+        return None
+
+    return check
+
+
+def choose(btf_params, selected: Optional[set[str]] = None,
+           kprobe_ok: Optional[Callable[[str], Optional[str]]] = None):
+    """Pick a candidate per probe. btf_params(name) -> list of C type names or None;
+    kprobe_ok(function) -> None when a kretprobe can attach there, else why not.
 
     Returns (chosen {probe name: Candidate}, statuses for the ones that cannot attach)."""
     chosen: dict[str, Candidate] = {}
@@ -100,6 +138,12 @@ def choose(btf_params, selected: Optional[set[str]] = None):
             if cand.via == "poll":
                 chosen[spec.name] = cand
                 break
+            if cand.via == "kretprobe":
+                why = kprobe_ok(cand.target) if kprobe_ok else "kprobes not checked"
+                if why is None:
+                    chosen[spec.name] = cand
+                    break
+                reasons.append(why)
             if cand.via == "raw_tp":
                 why = check_raw_tp(cand, btf_params(cand.target))
                 if why is None:

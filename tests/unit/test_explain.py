@@ -11,11 +11,11 @@ from tracer.explain import ExplainError, headroom, parse_limits
 
 pytestmark = pytest.mark.unit
 
-LIMITS = """Limit                     Soft Limit           Hard Limit           Units     
-Max cpu time              unlimited            unlimited            seconds   
-Max data size             unlimited            unlimited            bytes     
-Max locked memory         65536                65536                bytes     
-Max address space         104857600            unlimited            bytes     
+LIMITS = """Limit                     Soft Limit           Hard Limit           Units
+Max cpu time              unlimited            unlimited            seconds
+Max data size             unlimited            unlimited            bytes
+Max locked memory         65536                65536                bytes
+Max address space         104857600            unlimited            bytes
 """
 
 
