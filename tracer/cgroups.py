@@ -54,9 +54,10 @@ class CgroupResolver:
     cgroup, on a pure v2 host a v2 cgroup. Paths are relative to their hierarchy's
     root ("/" for the root cgroup), as /proc/PID/cgroup shows them."""
 
-    def __init__(self, hierarchies: Optional[list[Hierarchy]] = None, rescan_interval: float = 0.05):
+    def __init__(self, hierarchies: Optional[list[Hierarchy]] = None, rescan_interval: float = 1.0):
         self.hierarchies = find_hierarchies() if hierarchies is None else hierarchies
         self._ids: dict[Path, dict[int, str]] = {}
+        self._missed: dict[tuple[Path, int], float] = {}
         self._last_scan = 0.0
         self._rescan_interval = rescan_interval
         self._scan()
@@ -94,9 +95,17 @@ class CgroupResolver:
         if h is None or not cgroup_id:
             return None
         hit = self._ids.get(h.mount, {}).get(cgroup_id)
-        if hit is None and time.monotonic() - self._last_scan >= self._rescan_interval:
-            self._scan()
-            hit = self._ids.get(h.mount, {}).get(cgroup_id)
+        if hit is None:
+            # An id not seen before (a cgroup created since the last scan) triggers a
+            # rescan at once; an id that stayed unknown is retried only after a while.
+            key = (h.mount, cgroup_id)
+            missed_at = self._missed.get(key)
+            now = time.monotonic()
+            if missed_at is None or now - missed_at >= self._rescan_interval:
+                self._scan()
+                hit = self._ids.get(h.mount, {}).get(cgroup_id)
+                if hit is None:
+                    self._missed[key] = now
         return hit
 
     def directory(self, cgroup_id: int, memory: bool = True) -> Optional[Path]:
