@@ -85,7 +85,8 @@ def _private_writable(f: Failure) -> bool:
     if f.syscall in ("mprotect", "pkey_mprotect"):
         return "PROT_WRITE" in prot
     if f.syscall == "mmap":
-        return "PROT_WRITE" in prot and "MAP_PRIVATE" in _flags(f) and "MAP_STACK" not in _flags(f)
+        # MAP_STACK only sets VM_NOHUGEPAGE: a private writable stack counts as data
+        return "PROT_WRITE" in prot and "MAP_PRIVATE" in _flags(f)
     return f.syscall == "mremap"
 
 
@@ -108,7 +109,11 @@ def rule_max_map_count(f: Failure, ev: Evidence) -> Optional[Finding]:
     t = f.task
     if t is None or f.syscall not in SPLITTING_SYSCALLS:
         return None
-    if t.map_count >= ev.host.max_map_count - 1:
+    # A new mapping is refused only past the limit (the first one at it still works);
+    # splitting one mapping in the middle needs two more entries.
+    at_limit = (t.map_count > ev.host.max_map_count if f.syscall in ("mmap", "brk", "shmat")
+                else t.map_count >= ev.host.max_map_count - 1)
+    if at_limit:
         return Finding("max_map_count",
                        f"the process has {t.map_count} mappings and vm.max_map_count is "
                        f"{ev.host.max_map_count}: raise it (sysctl vm.max_map_count) or make "
@@ -127,6 +132,11 @@ def rule_address_space(f: Failure, ev: Evidence) -> Optional[Finding]:
                        "unmap what is unused, or use a 64-bit range",
                        {"request": request_bytes(f), "total_vm": t.total_vm,
                         "unmapped_area_failed": True})
+    return None
+
+
+def rule_mremap_in_place(f: Failure, ev: Evidence) -> Optional[Finding]:
+    """Checked after the limits: mremap tests RLIMIT_AS and the mlock limit first."""
     if f.syscall == "mremap" and "MREMAP_MAYMOVE" not in _flags(f) and request_bytes(f) > 0:
         return Finding("address_space",
                        "mremap could not grow the mapping in place (the next range is in use) "
@@ -142,12 +152,15 @@ def rule_hugetlb(f: Failure, ev: Evidence) -> Optional[Finding]:
     h = ev.host
     pages = -(-need // h.hugepage_size) if h.hugepage_size else 0
     free = h.hugepages_free - h.hugepages_rsvd
+    if free >= pages:
+        return None  # the pool had room: something else refused it
     return Finding("hugetlb",
                    f"the huge page pool cannot supply {pages} page(s) of "
                    f"{_b(h.hugepage_size)}: {free} free of {h.hugepages_total}; raise "
                    "vm.nr_hugepages (or the hugetlb cgroup limit)",
                    {"request": need, "pages_needed": pages, "hugepages_total": h.hugepages_total,
-                    "hugepages_free": h.hugepages_free, "hugepages_reserved": h.hugepages_rsvd})
+                    "hugepages_free": h.hugepages_free, "hugepages_reserved": h.hugepages_rsvd,
+                    "hugepages_available": free})
 
 
 def rule_rlimit_memlock(f: Failure, ev: Evidence) -> Optional[Finding]:
@@ -164,7 +177,9 @@ def rule_rlimit_memlock(f: Failure, ev: Evidence) -> Optional[Finding]:
         need = t.locked_vm + request_bytes(f)
     else:
         return None
-    if need <= t.rlim_memlock and f.errno != "EAGAIN":
+    # mlock over the limit says ENOMEM (its EAGAIN means faulting the pages in failed);
+    # a locked mapping over it says EAGAIN, which is the kernel's verdict itself.
+    if need <= t.rlim_memlock and not (f.errno == "EAGAIN" and (locked_mapping or growing_locked)):
         return None
     return Finding("rlimit_memlock",
                    f"locking {_b(request_bytes(f) or need)} more would bring locked memory to "
@@ -187,7 +202,7 @@ def _bad_range(f: Failure, ev: Evidence) -> Finding:
 
 
 def rule_bad_range(f: Failure, ev: Evidence) -> Optional[Finding]:
-    if f.syscall not in RANGE_SYSCALLS:
+    if f.syscall not in RANGE_SYSCALLS or f.errno != "ENOMEM":
         return None
     if ev.range_mapped is False or (ev.range_mapped is None and f.syscall in ONLY_RANGE_SYSCALLS):
         return _bad_range(f, ev)
@@ -237,9 +252,11 @@ def rule_overcommit(f: Failure, ev: Evidence) -> Optional[Finding]:
         return None
     h = ev.host
     request = request_bytes(f)
+    msg = f.detail.get("kernel_message")
+    if f.syscall == "mmap" and not msg and not _accounted_mapping(f):
+        return None
     if f.syscall in ("fork", "vfork", "clone", "clone3") and f.task is not None:
         request = f.task.data_vm  # the child's private writable memory is committed again
-    msg = f.detail.get("kernel_message")
     m = _VM_ENOUGH.search(msg) if msg else None
     base: dict[str, Any] = {"overcommit_memory": h.overcommit_memory, "commit_limit": h.commit_limit,
             "committed_as": h.committed_as, "request": request,
@@ -253,6 +270,17 @@ def rule_overcommit(f: Failure, ev: Evidence) -> Optional[Finding]:
     if h.overcommit_memory == 0 and request > h.mem_total + h.swap_total:
         return Finding("overcommit", _overcommit_text(h, request), base)
     return None
+
+
+def _accounted_mapping(f: Failure) -> bool:
+    """Whether an mmap is charged to the commit: private writable or shared anonymous
+    memory, unless MAP_NORESERVE (or hugetlb, which has its own pool)."""
+    flags, prot = _flags(f), _flags(f, "prot")
+    if "MAP_NORESERVE" in flags or "MAP_HUGETLB" in flags:
+        return False
+    if "MAP_SHARED" in flags:
+        return "MAP_ANONYMOUS" in flags
+    return "PROT_WRITE" in prot
 
 
 def _overcommit_text(h: HostState, request: int) -> str:
@@ -291,10 +319,12 @@ def kernel_finding(k: KernelFailure, cgroup: Optional[CgroupState], h: HostState
                            f"{cgroup.path} or use less in it",
                            {"cgroup": cgroup.path, "usage": cgroup.usage, "limit": cgroup.limit,
                             "request": size, "gfp": k.gfp, "order": k.order})
-    if k.kind == "page_alloc" and (k.order or 0) > 0 and h.free_blocks:
+    # ZONE_DMA's few big blocks are held back (lowmem_reserve) from ordinary allocations.
+    zones = {z: b for z, b in h.free_blocks.items() if not z.endswith("zone DMA")}
+    if k.kind == "page_alloc" and (k.order or 0) > 0 and zones:
         order = k.order or 0
-        free_pages = sum(n << o for blocks in h.free_blocks.values() for o, n in enumerate(blocks))
-        big_enough = sum(n for blocks in h.free_blocks.values() for o, n in enumerate(blocks)
+        free_pages = sum(n << o for blocks in zones.values() for o, n in enumerate(blocks))
+        big_enough = sum(n for blocks in zones.values() for o, n in enumerate(blocks)
                          if o >= order)
         if big_enough == 0 and free_pages >= (1 << order):
             return Finding("fragmentation",
@@ -304,7 +334,7 @@ def kernel_finding(k: KernelFailure, cgroup: Optional[CgroupState], h: HostState
                            "is fragmented (vm.compact_memory, vm.min_free_kbytes, fewer "
                            "high-order allocations)",
                            {"order": order, "free_pages": free_pages,
-                            "free_blocks": {z: list(b) for z, b in h.free_blocks.items()}})
+                            "free_blocks": {z: list(b) for z, b in zones.items()}})
     if (k.order or 0) == 0 and h.min_watermark:
         free = h.mem_free // h.page_size
         low = sum(h.min_watermark.values())
@@ -335,10 +365,15 @@ def rule_linked_kernel_failure(f: Failure, ev: Evidence) -> Optional[Finding]:
                     "opportunistic": k.opportunistic})
 
 
+def rule_brk_data_first(f: Failure, ev: Evidence) -> Optional[Finding]:
+    """brk checks RLIMIT_DATA before it asks may_expand_vm about RLIMIT_AS."""
+    return rule_rlimit_data(f, ev) if f.syscall == "brk" else None
+
+
 SYSCALL_RULES: Sequence[Rule] = (
-    rule_too_large, rule_max_map_count, rule_address_space, rule_hugetlb, rule_rlimit_memlock,
-    rule_bad_range, rule_rlimit_as, rule_rlimit_data, rule_overcommit, rule_linked_kernel_failure,
-    rule_bad_range_by_elimination,
+    rule_too_large, rule_max_map_count, rule_address_space, rule_rlimit_memlock,
+    rule_bad_range, rule_brk_data_first, rule_rlimit_as, rule_rlimit_data, rule_mremap_in_place,
+    rule_hugetlb, rule_overcommit, rule_linked_kernel_failure, rule_bad_range_by_elimination,
 )
 
 
@@ -377,6 +412,12 @@ def diagnose_syscall(f: Failure, ev: Evidence) -> Finding:
     return _unknown(f, ev)
 
 
+def _memcg_setting(cg: Optional[CgroupState]) -> str:
+    if cg is None:
+        return "memory.max (v2) or memory.limit_in_bytes (v1)"
+    return "memory.max" if cg.version == 2 else "memory.limit_in_bytes"
+
+
 def diagnose_oom(f: Failure, ev: Evidence) -> Finding:
     constraint = f.detail.get("constraint")
     cg = ev.cgroup
@@ -387,10 +428,10 @@ def diagnose_oom(f: Failure, ev: Evidence) -> Finding:
     if constraint == "CONSTRAINT_MEMCG" or (
             constraint is None and cg is not None and cg.limit is not None
             and cg.usage is not None and cg.usage >= 0.9 * cg.limit):
-        limit = _b(cg.limit) if cg is not None else "its"
+        limit = f" ({_b(cg.limit)})" if cg is not None else ""
         return Finding("memcg_limit",
                        f"pid {f.pid} ({f.comm}) was OOM-killed because cgroup {f.cgroup} reached "
-                       f"its memory limit ({limit}): raise the cgroup's limit or use less",
+                       f"its memory limit{limit}: raise its {_memcg_setting(cg)} or use less",
                        facts, CONFIRMED if constraint else INFERRED)
     if constraint == "CONSTRAINT_NONE":
         return Finding("exhaustion",
@@ -413,7 +454,8 @@ def diagnose(f: Failure, ev: Evidence) -> Finding:
         return Finding("memcg_limit",
                        f"cgroup {f.cgroup} hit its memory limit ({f.detail.get('event')} "
                        f"+{f.detail.get('increase')})"
-                       + (f": {_b(cg.usage)} used of {_b(cg.limit)}" if cg else ""),
+                       + (f": {_b(cg.usage)} used of {_b(cg.limit)}" if cg else "")
+                       + f"; raise its {_memcg_setting(cg)} if this is expected load",
                        {"cgroup": f.cgroup, "event": f.detail.get("event"),
                         "increase": f.detail.get("increase"),
                         "usage": cg.usage if cg else None, "limit": cg.limit if cg else None})
