@@ -86,7 +86,7 @@ OS_ID=$( . /etc/os-release 2>/dev/null && echo "${ID:-}" ) || OS_ID=""
 KREL="$(uname -r)"
 
 # ---------------------------------------------------------------- packages
-REQUIRED=(python3-bpfcc python3-venv python3-pip gcc make tmux stress-ng procps)
+REQUIRED=(python3-bpfcc python3-venv python3-pip gcc make tmux stress-ng procps util-linux chromium bpfcc-tools)
 mapfile -t TODO < <(missing "${REQUIRED[@]}")
 
 # kernel headers
