@@ -86,7 +86,7 @@ OS_ID=$( . /etc/os-release 2>/dev/null && echo "${ID:-}" ) || OS_ID=""
 KREL="$(uname -r)"
 
 # ---------------------------------------------------------------- packages
-REQUIRED=(python3-bpfcc python3-venv python3-pip gcc make tmux stress-ng procps util-linux chromium bpfcc-tools)
+REQUIRED=(python3-bpfcc python3-venv python3-pip gcc make tmux stress-ng procps util-linux)
 mapfile -t TODO < <(missing "${REQUIRED[@]}")
 
 # kernel headers
@@ -133,11 +133,15 @@ if [ "${#TODO[@]}" -gt 0 ]; then
     say "apt-get install ${TODO[*]}"
     apt-get install -y --no-install-recommends -qq "${TODO[@]}" >/dev/null
 fi
+# For the test tiers only: a browser to check the flame graph, bcc's memleak to compare.
+for p in chromium bpfcc-tools; do
+    if [ -z "$(installed "$p")" ] && apt_has "$p"; then OPTIONAL+=("$p"); fi
+done
 if [ "${#OPTIONAL[@]}" -gt 0 ]; then
     apt_update_once
     say "apt-get install ${OPTIONAL[*]} (optional)"
     apt-get install -y --no-install-recommends -qq "${OPTIONAL[@]}" >/dev/null \
-        || say "note: could not install ${OPTIONAL[*]}; continuing without bpftool"
+        || say "note: could not install ${OPTIONAL[*]}; continuing without them"
 fi
 
 # ---------------------------------------------------------------- venv
