@@ -176,4 +176,108 @@ struct mt_pending {
 	struct mt_kfail kf[MT_MAX_LINKED];
 };
 
+/* ======================= leak profiling (bpf/leaks.bpf.c) ======================= */
+
+/* Bytes of user stack copied at an event, for DWARF unwinding in user space (as
+ * perf --call-graph dwarf does). 8 KiB holds the frames of most call chains. */
+#ifndef LK_STACK_BYTES
+#define LK_STACK_BYTES 8192
+#endif
+
+/* Ring buffer for leak events (each carries a stack copy): 4 MiB = ~500 events. */
+#ifndef LK_RINGBUF_PAGES
+#define LK_RINGBUF_PAGES 1024
+#endif
+
+/* Outstanding allocations tracked in malloc mode; a full map is counted as a drop. */
+#ifndef LK_MAX_ALLOCS
+#define LK_MAX_ALLOCS 262144
+#endif
+
+/* Distinct allocation stacks in malloc mode. */
+#ifndef LK_MAX_STACKS
+#define LK_MAX_STACKS 16384
+#endif
+
+/* Growth mode samples one user write fault in LK_FAULT_PERIOD. */
+#ifndef LK_FAULT_PERIOD
+#define LK_FAULT_PERIOD 64
+#endif
+
+/* Malloc mode tracks one allocation in LK_SAMPLE (1 = every one: exact). */
+#ifndef LK_SAMPLE
+#define LK_SAMPLE 1
+#endif
+
+#define LK_EV_MMAP 1        /* anonymous mapping created: grows the process */
+#define LK_EV_MUNMAP 2      /* range unmapped: shrinks */
+#define LK_EV_MREMAP 3      /* mapping moved or resized */
+#define LK_EV_BRK 4         /* heap grew (len > 0) */
+#define LK_EV_BRK_SHRINK 5  /* heap shrank */
+#define LK_EV_FAULT 6       /* sampled first touch of memory (weight = period x page) */
+#define LK_EV_STACK 7       /* malloc mode: first allocation from a new stack key */
+#define LK_EV_ALLOC_FAIL 8  /* an allocator returned NULL */
+#define LK_EV_FORK 9        /* a traced process forked: child_pid is traced too */
+#define LK_EV_EXEC 10       /* a traced process exec'd */
+#define LK_EV_EXIT 11       /* a traced process exited */
+
+#define LK_DROP_RINGBUF 0
+#define LK_DROP_ALLOCS_FULL 1
+#define LK_DROP_STACKS_FULL 2
+#define LK_DROP_STACK_ID 3
+#define LK_DROP_STACK_COPY 4
+#define LK_DROP_MAX 5
+
+/* Malloc mode's stack key: the frame-pointer stack id plus the return address at
+ * the allocator's entry (the direct caller, which a frame-pointer walk from inside
+ * malloc misses, and which tells call sites apart when frame pointers are absent). */
+struct lk_key {
+	__s32 stack_id;
+	__u32 pid;
+	__u64 caller;
+};
+
+struct lk_stats {
+	__u64 bytes;    /* outstanding */
+	__u64 count;    /* outstanding allocations */
+	__u64 total;    /* allocations ever made from this key */
+};
+
+struct lk_alloc {
+	__u64 size;
+	__u64 ts_ns;
+	struct lk_key key;
+};
+
+/* An allocator call in progress (between its uprobe and uretprobe). */
+struct lk_entry {
+	__u64 size;
+	__u64 old_ptr;   /* realloc's block */
+	__u64 memptr;    /* posix_memalign's out-parameter */
+	struct lk_key key;
+	__u32 fn;        /* which allocator function (user space's numbering) */
+	__u32 pad;
+};
+
+struct lk_event {
+	__u64 ts_ns;
+	__u32 pid;
+	__u32 tid;
+	__u32 kind;
+	__u32 stack_len;   /* valid bytes in stack[] */
+	__u64 addr;
+	__u64 len;
+	__u64 old_addr;
+	__u64 old_len;
+	__u64 weight;      /* bytes this event stands for */
+	__u64 ip;          /* user registers at the event */
+	__u64 sp;
+	__u64 bp;
+	struct lk_key key;
+	__u32 child_pid;
+	__u32 fn;
+	char comm[MT_COMM_LEN];
+	__u8 stack[LK_STACK_BYTES];
+};
+
 #endif /* MEMTRACE_H */

@@ -20,7 +20,7 @@ def _header_constants() -> dict[str, int]:
     """Plain integer #defines of memtrace.h, so constants are written once (in C)."""
     out: dict[str, int] = {}
     text = (bpf_dir() / "memtrace.h").read_text()
-    for m in re.finditer(r"^#define\s+(MT_\w+)\s+(0x[0-9a-fA-F]+|\d+)(?:ULL|UL|U)?\b", text, re.M):
+    for m in re.finditer(r"^#define\s+((?:MT|LK)_\w+)\s+(0x[0-9a-fA-F]+|\d+)(?:ULL|UL|U)?\b", text, re.M):
         out[m.group(1)] = int(m.group(2), 0)
     return out
 
@@ -180,3 +180,62 @@ MIRRORED = {
 
 def cstr(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+# ---- leak profiling (bpf/leaks.bpf.c) ------------------------------------------------------
+
+LK_STACK_BYTES = C["LK_STACK_BYTES"]
+LK_EV_MMAP = C["LK_EV_MMAP"]
+LK_EV_MUNMAP = C["LK_EV_MUNMAP"]
+LK_EV_MREMAP = C["LK_EV_MREMAP"]
+LK_EV_BRK = C["LK_EV_BRK"]
+LK_EV_BRK_SHRINK = C["LK_EV_BRK_SHRINK"]
+LK_EV_FAULT = C["LK_EV_FAULT"]
+LK_EV_STACK = C["LK_EV_STACK"]
+LK_EV_ALLOC_FAIL = C["LK_EV_ALLOC_FAIL"]
+LK_EV_FORK = C["LK_EV_FORK"]
+LK_EV_EXEC = C["LK_EV_EXEC"]
+LK_EV_EXIT = C["LK_EV_EXIT"]
+
+LEAK_DROP_NAMES = {
+    C["LK_DROP_RINGBUF"]: "ringbuf_full",
+    C["LK_DROP_ALLOCS_FULL"]: "allocation_map_full",
+    C["LK_DROP_STACKS_FULL"]: "stack_map_full",
+    C["LK_DROP_STACK_ID"]: "stack_id",
+    C["LK_DROP_STACK_COPY"]: "stack_copy",
+}
+assert len(LEAK_DROP_NAMES) == C["LK_DROP_MAX"]
+
+
+class LeakKey(ct.Structure):
+    _fields_ = [("stack_id", ct.c_int32), ("pid", ct.c_uint32), ("caller", ct.c_uint64)]
+
+
+class LeakStats(ct.Structure):
+    _fields_ = [("bytes", ct.c_uint64), ("count", ct.c_uint64), ("total", ct.c_uint64)]
+
+
+class LeakEvent(ct.Structure):
+    _fields_ = [
+        ("ts_ns", ct.c_uint64),
+        ("pid", ct.c_uint32),
+        ("tid", ct.c_uint32),
+        ("kind", ct.c_uint32),
+        ("stack_len", ct.c_uint32),
+        ("addr", ct.c_uint64),
+        ("len", ct.c_uint64),
+        ("old_addr", ct.c_uint64),
+        ("old_len", ct.c_uint64),
+        ("weight", ct.c_uint64),
+        ("ip", ct.c_uint64),
+        ("sp", ct.c_uint64),
+        ("bp", ct.c_uint64),
+        ("key", LeakKey),
+        ("child_pid", ct.c_uint32),
+        ("fn", ct.c_uint32),
+        ("comm", ct.c_char * MT_COMM_LEN),
+        ("stack", ct.c_uint8 * LK_STACK_BYTES),
+    ]
+
+
+MIRRORED.update({"lk_key": LeakKey, "lk_stats": LeakStats, "lk_event": LeakEvent})

@@ -10,11 +10,12 @@ from . import decoders
 from .btf import Btf, BtfError
 
 # pt_regs members the BPF side reads (the syscall's saved user registers).
-_REGS = {"ORIG_AX": "orig_ax", "AX": "ax", "IP": "ip", "SP": "sp", "DI": "di", "SI": "si", "DX": "dx",
+_REGS = {"ORIG_AX": "orig_ax", "AX": "ax", "BP": "bp", "IP": "ip", "SP": "sp", "DI": "di", "SI": "si", "DX": "dx",
          "R10": "r10", "R8": "r8", "R9": "r9"}
 
 # Syscalls the BPF side names (x86_64 numbers, from the decoder's table).
-_SYSCALLS = ("mmap", "mprotect", "mremap", "madvise", "mlock", "mlock2", "mlockall", "shmat", "brk")
+_SYSCALLS = ("mmap", "munmap", "mprotect", "mremap", "madvise", "mlock", "mlock2", "mlockall",
+             "shmat", "brk")
 
 
 @dataclass(frozen=True)
