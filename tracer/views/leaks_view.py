@@ -37,8 +37,8 @@ def render(p: LeakProfile, width: int, top: int, live: set[int], elapsed: float)
                 f" · {format_bytes(p.total_bytes())} attributed · {elapsed:.0f}s"
                 + ("" if live else " · all traced processes exited"), style="bold")
     tables = []
-    for title, rows, rate in (("Top stacks by outstanding bytes", p.top(top), False),
-                              ("Top stacks by growth rate", p.growing(max(top // 2, 3)), True)):
+    for title, rows in (("Top stacks by outstanding bytes", p.top(top)),
+                        ("Top stacks by growth rate", p.growing(max(top // 2, 3)))):
         t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, expand=True)
         t.add_column("bytes", justify="right", no_wrap=True)
         t.add_column("count", justify="right", no_wrap=True)
