@@ -133,8 +133,9 @@ if [ "${#TODO[@]}" -gt 0 ]; then
     say "apt-get install ${TODO[*]}"
     apt-get install -y --no-install-recommends -qq "${TODO[@]}" >/dev/null
 fi
-# For the test tiers only: a browser to check the flame graph, bcc's memleak to compare.
-for p in chromium bpfcc-tools; do
+# For the test tiers only: a browser for the flame graph, bcc's memleak to compare,
+# a Prometheus server to scrape `memtrace export`.
+for p in chromium bpfcc-tools prometheus; do
     if [ -z "$(installed "$p")" ] && apt_has "$p"; then OPTIONAL+=("$p"); fi
 done
 if [ "${#OPTIONAL[@]}" -gt 0 ]; then

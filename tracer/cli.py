@@ -177,6 +177,38 @@ def leaks(pids: tuple[int, ...], mode: str, duration: Optional[float], as_json: 
 
 
 @main.command()
+@filter_options
+@click.option("--listen", default="127.0.0.1:9464", show_default=True,
+              help="HOST:PORT for /metrics; binding beyond loopback is your explicit choice.")
+@click.option("--max-cgroups", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Distinct cgroup label values; more are folded into \"other\" and counted.")
+@click.option("--per-process", is_flag=True,
+              help="Add a comm label (bounded by --max-processes); off by default.")
+@click.option("--max-processes", type=click.IntRange(min=1), default=50, show_default=True)
+def export(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str],
+           duration: Optional[float], listen: str, max_cgroups: int, per_process: bool,
+           max_processes: int) -> None:
+    """Serve Prometheus metrics of allocation failures (exact in-kernel counters)."""
+    from .exporter import ListenError, parse_listen, run_export
+
+    try:
+        parse_listen(listen)
+    except ListenError as e:
+        fail(str(e))
+    filt = build_filter(pids, cgroup, comm)
+
+    def body() -> None:
+        try:
+            run_export(live_source(filt), listen=listen, max_cgroups=max_cgroups,
+                       per_process=per_process, max_processes=max_processes, duration=duration,
+                       log=log)
+        except ListenError as e:
+            fail(str(e))
+
+    guard(body)
+
+
+@main.command()
 def doctor() -> None:
     """What this host supports, and whether each probe attaches. Exit 0 when the core ones do."""
     from .doctor import run_doctor

@@ -1,0 +1,140 @@
+"""`memtrace export` scraped by a real Prometheus server (Debian's prometheus) on loopback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests import workloads as w
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+MEMTRACE = shutil.which("memtrace") or str(REPO / ".venv" / "bin" / "memtrace")
+PROMETHEUS = shutil.which("prometheus")
+N = 7
+
+MMAPS = """
+n = int(os.environ["MT_N"])
+for _ in range(n):
+    try:
+        mmap.mmap(-1, 1 << 46)
+    except OSError:
+        pass
+report(done=n)
+linger()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str, timeout: float = 5) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (loopback only)
+        return r.read().decode()
+
+
+def query(prom: str, promql: str) -> list[dict]:
+    body = get(f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": promql}))
+    obj = json.loads(body)
+    assert obj["status"] == "success", obj
+    return obj["data"]["result"]
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="Debian's prometheus package is not installed")
+def test_prometheus_scrapes_exact_counts_and_labels(tmp_path):
+    metrics_port, prom_port = free_port(), free_port()
+    exporter = subprocess.Popen([MEMTRACE, "export", "--listen", f"127.0.0.1:{metrics_port}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: memtrace\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n")
+    prom = None
+    try:
+        assert exporter.stderr is not None
+        deadline = time.monotonic() + 60
+        line = ""
+        while "metrics on" not in line:
+            line = exporter.stderr.readline()
+            assert line and time.monotonic() < deadline, "memtrace export never got ready"
+        text = get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert "# HELP memtrace_syscall_failures_total" in text
+        assert 'memtrace_probe_attached{probe="syscall_exit",via="raw_tp"} 1.0' in text
+        prom = subprocess.Popen([PROMETHEUS, f"--config.file={config}",
+                                 f"--storage.tsdb.path={tmp_path / 'data'}",
+                                 f"--web.listen-address=127.0.0.1:{prom_port}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{prom_port}"
+        deadline = time.monotonic() + 60
+        while True:  # wait until Prometheus has scraped memtrace once
+            try:
+                if query(base, 'up{job="memtrace"}') and \
+                        query(base, 'up{job="memtrace"}')[0]["value"][1] == "1":
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "prometheus never scraped memtrace"
+            time.sleep(0.5)
+        comm = w.unique_comm("mt-prom")
+        child = w.run_child(MMAPS, comm, env={"MT_N": str(N)})
+        assert child.report["done"] == N
+        cgroup = next(line.rsplit(":", 1)[1].strip() for line in open("/proc/self/cgroup")
+                      if ":memory:" in line or line.startswith("0::"))
+        promql = (f'sum(memtrace_syscall_failures_total{{syscall="mmap",errno="ENOMEM",'
+                  f'cgroup="{cgroup}"}})')
+        causes = (f'sum by (cause) (memtrace_failures_by_cause_total{{syscall="mmap",'
+                  f'cgroup="{cgroup}"}})')
+        deadline = time.monotonic() + 30
+        got = None
+        while time.monotonic() < deadline:
+            before = query(base, promql)
+            got = int(float(before[0]["value"][1])) if before else None
+            if got is not None and got >= N:
+                break
+            time.sleep(1)
+        # the exporter is system-wide: only this cgroup's mmap failures are ours, and
+        # nothing else in the test's cgroup asks for 64 TiB
+        assert got == N, got
+        by_cause = {r["metric"]["cause"]: int(float(r["value"][1])) for r in query(base, causes)}
+        assert by_cause == {"overcommit": N}
+    finally:
+        for p in (prom, exporter):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    assert exporter.returncode == 0  # SIGTERM stops it cleanly
+
+
+def test_port_in_use_is_one_line():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([MEMTRACE, "export", "--listen", f"127.0.0.1:{port}",
+                            "--duration", "1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"memtrace: error: 127.0.0.1:{port} is already in use (--listen HOST:PORT)")
+
+
+def test_bad_listen_value():
+    r = subprocess.run([MEMTRACE, "export", "--listen", "nonsense"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "HOST:PORT" in r.stderr

@@ -1,0 +1,240 @@
+"""`memtrace export`: Prometheus metrics from the exact in-kernel counters, with bounded labels."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional, TextIO
+
+from .model import Failure, Ready, Snapshot
+from .runner import run
+from .sources import Source
+
+OTHER = "other"  # the label value that stands for everything cut by a cardinality bound
+
+
+class ListenError(Exception):
+    """The metrics address cannot be used, with a one-line message."""
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ListenError(f"--listen wants HOST:PORT, not {text!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+@dataclass
+class LabelBound:
+    """Keeps at most `limit` distinct values of one label; the rest become "other"."""
+
+    name: str
+    limit: int
+    seen: set[str] = field(default_factory=set)
+    cut: set[str] = field(default_factory=set)
+
+    def __call__(self, value: Optional[str]) -> str:
+        v = value or "unknown"
+        if v in self.seen:
+            return v
+        if len(self.seen) < self.limit:
+            self.seen.add(v)
+            return v
+        self.cut.add(v)
+        return OTHER
+
+
+class MetricsState:
+    """What a scrape reports: the latest exact totals, causes of the events seen, probes.
+
+    The tracing loop and the HTTP server's thread share it under one lock; a scrape
+    takes a fresh snapshot of the kernel's counters, so a scrape after N failures says N."""
+
+    def __init__(self, source: Source, max_cgroups: int, per_process: bool, max_processes: int):
+        self.source = source
+        self.lock = threading.Lock()
+        self.ready: Optional[Ready] = None
+        self.cgroup = LabelBound("cgroup", max_cgroups)
+        self.process = LabelBound("comm", max_processes) if per_process else None
+        self.causes: dict[tuple[str, ...], int] = {}
+        self.snapshot = Snapshot()
+
+    def add(self, failures: list[Failure]) -> None:
+        with self.lock:
+            for f in failures:
+                if f.kind == "memcg" or f.opportunistic and f.kind != "syscall":
+                    continue
+                key = (f.kind, f.syscall or "", f.cause or "unknown", self.cgroup(f.cgroup))
+                if self.process is not None:
+                    key += (self.process(f.comm),)
+                self.causes[key] = self.causes.get(key, 0) + 1
+
+    def refresh(self) -> Snapshot:
+        with self.lock:
+            if self.ready is not None:
+                self.snapshot = self.source.snapshot()
+            return self.snapshot
+
+
+class MemtraceCollector:
+    """A prometheus_client collector that builds every family at scrape time."""
+
+    def __init__(self, state: MetricsState):
+        self.state = state
+
+    def describe(self) -> list[Any]:
+        return []  # families are only known at scrape time
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        st = self.state
+        snap = st.refresh()
+        extra = ["comm"] if st.process is not None else []
+
+        def proc(comm: str) -> list[str]:
+            return [st.process(comm)] if st.process is not None else []
+
+        sys_f = CounterMetricFamily(
+            "memtrace_syscall_failures", "Syscalls that failed with ENOMEM (any syscall) or "
+            "EAGAIN (memory syscalls), and brk's silent failures, exact in-kernel counts.",
+            labels=["syscall", "errno", "cgroup", *extra])
+        agg: dict[tuple[str, ...], int] = {}
+        for c in snap.syscalls:
+            key = (c.syscall, c.errno or "none", st.cgroup(c.cgroup), *proc(c.comm))
+            agg[key] = agg.get(key, 0) + c.count
+        for key, n in sorted(agg.items()):
+            sys_f.add_metric(list(key), n)
+        yield sys_f
+
+        cause_f = CounterMetricFamily(
+            "memtrace_failures_by_cause", "Allocation failures by diagnosed cause, from the "
+            "events received (dropped events are in memtrace_dropped_events_total).",
+            labels=["kind", "syscall", "cause", "cgroup", *extra])
+        with st.lock:
+            causes = dict(st.causes)
+        for key, n in sorted(causes.items()):
+            cause_f.add_metric(list(key), n)
+        yield cause_f
+
+        page_f = CounterMetricFamily(
+            "memtrace_page_alloc_failures", "Page allocator failures (no fallback, or their "
+            "syscall failed), exact in-kernel counts.", labels=["order", "gfp_class", "cgroup"])
+        opp_f = CounterMetricFamily(
+            "memtrace_page_alloc_opportunistic", "Opportunistic page allocation attempts that "
+            "failed and had a fallback (THP, large folios): not failures.",
+            labels=["order", "gfp_class", "cgroup"])
+        simple = {k: CounterMetricFamily(f"memtrace_{k}_failures", f"{k} allocation failures, "
+                                         "exact in-kernel counts.", labels=["cgroup"])
+                  for k in ("slab", "vmalloc", "percpu")}
+        oom_f = CounterMetricFamily("memtrace_oom_kills", "OOM kills, by the victim's memory "
+                                    "cgroup.", labels=["cgroup"])
+        sums: dict[tuple[str, ...], int] = {}
+        for k in snap.kernel:
+            cg = st.cgroup(k.cgroup)
+            if k.kind == "page_alloc":
+                name = "opp" if k.opportunistic else "page"
+                key = (name, str(k.order or 0), (k.gfp or "none").split("|")[0], cg)
+            else:
+                key = (k.kind, cg)
+            sums[key] = sums.get(key, 0) + k.count
+        for key, n in sorted(sums.items()):
+            if key[0] == "page":
+                page_f.add_metric(list(key[1:]), n)
+            elif key[0] == "opp":
+                opp_f.add_metric(list(key[1:]), n)
+            elif key[0] == "oom_kill":
+                oom_f.add_metric([key[1]], n)
+            elif key[0] in simple:
+                simple[key[0]].add_metric([key[1]], n)
+        yield page_f
+        yield opp_f
+        yield from simple.values()
+        yield oom_f
+
+        memcg_f = CounterMetricFamily("memtrace_memcg_events", "Memory cgroup limit events "
+                                      "since memtrace started (v2 memory.events, v1 failcnt "
+                                      "and oom_control).", labels=["cgroup", "event"])
+        for m in snap.memcg:
+            memcg_f.add_metric([st.cgroup(m.cgroup), m.event], m.count)
+        yield memcg_f
+
+        drop_f = CounterMetricFamily("memtrace_dropped_events", "Event details lost, by reason "
+                                     "(totals stay exact).", labels=["reason"])
+        for reason, n in sorted(snap.drops.items()):
+            drop_f.add_metric([reason], n)
+        yield drop_f
+
+        cut_f = CounterMetricFamily("memtrace_label_values_cut", "Distinct label values "
+                                    "folded into \"other\" by a cardinality bound.",
+                                    labels=["label"])
+        cut_f.add_metric(["cgroup"], len(st.cgroup.cut))
+        if st.process is not None:
+            cut_f.add_metric(["comm"], len(st.process.cut))
+        yield cut_f
+
+        probe_f = GaugeMetricFamily("memtrace_probe_attached", "1 when the probe is attached.",
+                                    labels=["probe", "via"])
+        if st.ready is not None:
+            for p in st.ready.probes:
+                probe_f.add_metric([p.name, p.via or "none"], 1 if p.status == "attached" else 0)
+        yield probe_f
+
+
+def _check_port(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind((host, port))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise ListenError(f"{host}:{port} is already in use (--listen HOST:PORT)") from None
+        raise ListenError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    finally:
+        s.close()
+
+
+def run_export(source: Source, *, listen: str, max_cgroups: int = 50, per_process: bool = False,
+               max_processes: int = 50, duration: Optional[float] = None,
+               log: Optional[Any] = None, err: TextIO = sys.stderr) -> Snapshot:
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    host, port = parse_listen(listen)
+    _check_port(host, port)
+    state = MetricsState(source, max_cgroups, per_process, max_processes)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MemtraceCollector(state))  # type: ignore[arg-type]
+
+    def say(msg: str) -> None:
+        (log or (lambda m: print(m, file=err, flush=True)))(msg)
+
+    server: list[Any] = []
+
+    def on_ready(r: Ready) -> None:
+        with state.lock:
+            state.ready = r
+        srv = start_http_server(port, addr=host, registry=registry)
+        server.append(srv)
+        attached = sum(1 for p in r.probes if p.status == "attached")
+        say(f"memtrace export: {attached}/{len(r.probes)} probes attached; metrics on "
+            f"http://{host}:{port}/metrics")
+
+    def on_summary(s: Snapshot) -> None:
+        say(f"memtrace export: stopped after {sum(c.count for c in s.syscalls)} syscall "
+            "failures")
+
+    try:
+        return run(source, duration=duration, on_ready=on_ready, on_failures=state.add,
+                   on_summary=on_summary)
+    finally:
+        for item in server:
+            srv = item[0] if isinstance(item, tuple) else item
+            try:
+                srv.shutdown()
+            except Exception:
+                pass
