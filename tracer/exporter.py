@@ -68,7 +68,8 @@ class MetricsState:
             for f in failures:
                 if f.kind == "memcg" or f.opportunistic and f.kind != "syscall":
                     continue
-                key = (f.kind, f.syscall or "", f.cause or "unknown", self.cgroup(f.cgroup))
+                key: tuple[str, ...] = (f.kind, f.syscall or "", f.cause or "unknown",
+                                        self.cgroup(f.cgroup))
                 if self.process is not None:
                     key += (self.process(f.comm),)
                 self.causes[key] = self.causes.get(key, 0) + 1
