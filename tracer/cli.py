@@ -90,11 +90,22 @@ def main() -> None:
 @filter_options
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
               help="Seconds between dashboard refreshes.")
+@click.option("--replay", metavar="FILE", default=None,
+              help="Drive the dashboard from a recording (memtrace record) instead of the kernel.")
+@click.option("--speed", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Replay speed: 1 = real time, 2 = twice as fast, 0 = as fast as possible.")
 def top(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str],
-        duration: Optional[float], interval: float) -> None:
+        duration: Optional[float], interval: float, replay: Optional[str], speed: float) -> None:
     """Live dashboard of failures by process, cgroup, syscall and allocation order."""
     from .views.top import run_top
 
+    if replay is not None:
+        from .cli_record import replay_source
+
+        if pids or cgroup or comm:
+            fail("-p/--pid, --cgroup and --comm do not apply to --replay")
+        guard(lambda: run_top(replay_source(replay, speed), duration=duration, interval=interval))
+        return
     filt = build_filter(pids, cgroup, comm)
     guard(lambda: run_top(live_source(filt), duration=duration, interval=interval))
 
@@ -215,6 +226,11 @@ def doctor() -> None:
 
     sys.exit(guard(run_doctor))
 
+
+from .cli_record import record, report  # noqa: E402  (needs filter_options above: no cycle)
+
+main.add_command(record)
+main.add_command(report)
 
 if __name__ == "__main__":
     main()

@@ -7,17 +7,38 @@ import time
 from typing import Optional, TextIO
 
 from ..model import Dashboard, Failure, Ready, Snapshot, total_failures
-from ..runner import run
+from ..runner import StopFlag, run
 from ..sources import Source
+
+
+class StopAtEnd(StopFlag):
+    """Ctrl-C and SIGTERM as usual, and the end of a replayed recording (its `done`)."""
+
+    def __init__(self, source: Source) -> None:
+        self._source = source
+        self._stopped = False
+        super().__init__()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped or bool(getattr(self._source, "done", False))
+
+    @stopped.setter
+    def stopped(self, value: bool) -> None:
+        self._stopped = value
 
 
 def run_top(source: Source, *, duration: Optional[float], interval: float = 1.0,
             out: TextIO = sys.stdout, terminal: Optional[bool] = None) -> Snapshot:
+    """The dashboard until Ctrl-C, SIGTERM or the duration; a replayed recording (a source
+    with `replay` set, e.g. sources.ReplaySource) also ends it, and is shown as recorded
+    (its failures are not diagnosed again on this host)."""
     from rich.console import Console
     from rich.live import Live
 
     from .dashboard import render, render_plain, summary_text
 
+    replay = bool(getattr(source, "replay", False))
     board = Dashboard()
     is_tty = out.isatty() if terminal is None else terminal
     console = Console(file=out, force_terminal=is_tty, no_color=not is_tty)
@@ -60,7 +81,8 @@ def run_top(source: Source, *, duration: Optional[float], interval: float = 1.0,
 
     try:
         return run(source, duration=duration, interval=interval, on_ready=on_ready,
-                   on_failures=on_failures, on_tick=on_tick, on_summary=on_summary)
+                   on_failures=on_failures, on_tick=on_tick, on_summary=on_summary,
+                   stop=StopAtEnd(source) if replay else None, diagnose=not replay)
     finally:
         if live is not None and live.is_started:
             live.stop()

@@ -1,0 +1,219 @@
+"""Recordings: `memtrace record` writes the `watch --json` stream crash-safely; `report` reads it back."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from . import jsonout
+from .model import Failure, Ready, Snapshot, summary_counts
+from .runner import run
+from .sources import RecordedSummary, RecordingReader, ReplayError, Source, Tally
+
+SIZE_LIMIT_DROP = "recording_size_limit"  # the summary's "dropped" key for unwritten failures
+FSYNC_EVERY = 1.0  # seconds
+
+class WriteError(Exception):
+    """The recording cannot be written (the lines already written stay readable)."""
+
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*", re.I)
+_UNITS = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50}
+
+
+def parse_size(text: str) -> int:
+    """'100M' -> 104857600 (K, M, G, T are powers of 1024; a plain number is bytes)."""
+    m = _SIZE.fullmatch(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a size (e.g. 100M, 1G)")
+    size = int(float(m.group(1)) * (1 << _UNITS[m.group(2).lower()]))
+    if size <= 0:
+        raise ValueError(f"{text!r} is not a size above zero")
+    return size
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class RecordingWriter:
+    """Writes a recording line by line so that a crash or SIGKILL leaves a readable file.
+
+    Each line goes out in one write() of the whole line on an unbuffered descriptor (so
+    every complete line is in the file as soon as it is written), the file is fsync'ed at
+    most every FSYNC_EVERY seconds and on close, and nothing written is ever rewritten.
+    Failure lines stop once the file would pass max_size: later ones are only counted,
+    and the summary (always written) says how many in dropped["recording_size_limit"]."""
+
+    def __init__(self, path: str, max_size: int, *,
+                 on_limit: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.path = path
+        self.max_size = max_size
+        self.size = 0
+        self.failures = 0  # failure lines written
+        self.dropped = 0  # failures not written: the size limit was reached
+        self.limited = False
+        self._on_limit = on_limit
+        self._clock = clock
+        try:
+            self._fd: Optional[int] = os.open(
+                path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise WriteError(f"cannot write {path}: {e.strerror}") from None
+        self._can_sync = True
+        self._dirty = False
+        self._synced = clock()
+
+    def _write(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:  # a regular file takes it in one write(); the loop is for short writes
+            try:
+                n = os.write(self._fd, view)
+            except OSError as e:
+                raise WriteError(f"cannot write {self.path}: {e.strerror}") from None
+            view = view[n:]
+            self.size += n
+        self._dirty = True
+        self.tick()
+
+    @staticmethod
+    def _line(obj: dict[str, Any]) -> bytes:
+        return (jsonout.dumps(obj) + "\n").encode("utf-8", "backslashreplace")
+
+    def write_ready(self, r: Ready) -> None:
+        self._write(self._line(jsonout.ready_obj(r)))
+
+    def write_failure(self, f: Failure) -> bool:
+        """Write one failure line; False when the size limit keeps it out."""
+        data = self._line(jsonout.failure_obj(f))
+        if not self.limited and self.size + len(data) > self.max_size:
+            self.limited = True
+            self._on_limit()
+        if self.limited:
+            self.dropped += 1
+            return False
+        self._write(data)
+        self.failures += 1
+        return True
+
+    def write_summary(self, s: Snapshot) -> None:
+        obj = jsonout.summary_obj(s)
+        obj["dropped"] = {**obj["dropped"], SIZE_LIMIT_DROP: self.dropped}
+        self._write(self._line(obj))
+        self.sync()
+
+    def sync(self) -> None:
+        if self._fd is None or not self._dirty:
+            return
+        self._dirty = False
+        self._synced = self._clock()
+        if not self._can_sync:
+            return
+        try:
+            os.fsync(self._fd)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EROFS, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise WriteError(f"cannot write {self.path}: {e.strerror}") from None
+            self._can_sync = False  # a pipe or a special file: nothing to sync
+
+    def tick(self) -> None:
+        """fsync if the last one was FSYNC_EVERY seconds ago (the loop calls it each tick)."""
+        if self._dirty and self._clock() - self._synced >= FSYNC_EVERY:
+            self.sync()
+
+    def close(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.sync()
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+
+def run_record(source: Source, writer: RecordingWriter, *, duration: Optional[float],
+               log: Callable[[str], None]) -> Snapshot:
+    """Trace into the recording until Ctrl-C, SIGTERM or the duration; returns the totals."""
+
+    def on_ready(r: Ready) -> None:
+        writer.write_ready(r)
+        attached = sum(1 for p in r.probes if p.status == "attached")
+        log(f"memtrace {r.version} on {r.kernel}: {attached}/{len(r.probes)} probes attached; "
+            f"recording to {writer.path}; Ctrl-C to stop")
+
+    def on_failures(fs: list[Failure]) -> None:
+        for f in fs:
+            writer.write_failure(f)
+
+    return run(source, duration=duration, on_ready=on_ready, on_failures=on_failures,
+               on_tick=lambda s: writer.tick(), on_summary=writer.write_summary)
+
+
+# --------------------------------------------------------------------------- reading back
+
+
+@dataclass
+class Report:
+    """What `memtrace report` shows: the totals, the causes and the findings of a recording."""
+
+    path: str
+    ready: Optional[Ready]
+    counts: dict[str, Any]  # shaped like model.summary_counts()
+    counts_from: str  # "summary" (exact in-kernel totals) or "failure_lines"
+    dropped: Optional[dict[str, int]]  # from the summary; None without one
+    failure_lines: int
+    by_cause: dict[str, int]  # from the failure lines
+    findings: list[tuple[str, Failure]]  # the latest diagnosed failure per process/cgroup, newest first
+    problems: list[tuple[int, str]]  # (line, what was wrong): skipped lines
+    first: Optional[float] = None  # recorded time of the first and last failure
+    last: Optional[float] = None
+
+
+def finding_key(f: Failure) -> str:
+    """Whom a finding is about, as the dashboard names it."""
+    return f"pid {f.pid} ({f.comm})" if f.pid else f"cgroup {f.cgroup}"
+
+
+def build_report(path: str, reader: RecordingReader) -> Report:
+    """Read a whole recording, streaming (memory does not grow with its length); ReplayError
+    when not one line of it is a memtrace record."""
+    ready: Optional[Ready] = None
+    summary: Optional[RecordedSummary] = None
+    tally = Tally()
+    by_cause: dict[str, int] = {}
+    findings: dict[str, Failure] = {}
+    first: Optional[float] = None
+    last: Optional[float] = None
+    seen = False
+    for _n, rec in reader:
+        seen = True
+        if isinstance(rec, Ready):
+            ready = ready or rec
+        elif isinstance(rec, RecordedSummary):
+            summary = rec
+        else:
+            tally.add(rec)
+            first = rec.time if first is None else min(first, rec.time)
+            last = rec.time if last is None else max(last, rec.time)
+            if rec.cause:
+                by_cause[rec.cause] = by_cause.get(rec.cause, 0) + 1
+                who = finding_key(rec)
+                findings.pop(who, None)
+                findings[who] = rec  # re-inserted: newest last
+    if not seen:
+        raise ReplayError("no memtrace records in it")
+    if summary is not None:
+        counts, counts_from = dict(summary.counts), "summary"
+        dropped: Optional[dict[str, int]] = dict(summary.dropped)
+    else:
+        counts, counts_from, dropped = summary_counts(tally.snapshot()), "failure_lines", None
+    return Report(path=path, ready=ready, counts=counts, counts_from=counts_from,
+                  dropped=dropped, failure_lines=tally.events,
+                  by_cause=dict(sorted(by_cause.items(), key=lambda t: (-t[1], t[0]))),
+                  findings=list(findings.items())[::-1],
+                  problems=list(reader.problems), first=first, last=last)
