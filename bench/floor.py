@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Load bench/floor.bpf.c: minimal raw-tracepoint programs on memtrace's hot hooks.
+
+Attaches one program each to sys_exit, mm_page_alloc, kmalloc and kmem_cache_alloc,
+prints "ready" on stdout once all are attached, and stays attached until SIGTERM or
+SIGINT. This is the overhead floor bench/run_all.py compares memtrace against.
+
+Run as root: python bench/floor.py
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))  # the checkout's tracer package
+
+HOOKS = (
+    ("sys_exit", "floor_sys_exit"),
+    ("mm_page_alloc", "floor_page_alloc"),
+    ("kmalloc", "floor_kmalloc"),
+    ("kmem_cache_alloc", "floor_kmem_cache"),
+)
+
+
+def main() -> int:
+    import tracer.host
+
+    try:
+        tracer.host.require_root("the floor benchmark")
+        tracer.host.prepare_headers()
+    except tracer.host.HostError as e:
+        print(f"floor: error: {e}", file=sys.stderr)
+        return 1
+    from bcc import BPF
+
+    # Block the stop signals and wait for them synchronously: no race between a
+    # check and a pause, and a signal that arrives while compiling is not lost.
+    stops = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+
+    bpf = BPF(src_file=str(BENCH / "floor.bpf.c").encode())
+    try:
+        for tp, fn in HOOKS:
+            bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+        print("ready", flush=True)
+        signal.sigwait(stops)
+        hits = [int(v.value) for v in bpf[b"floor_hits"].values()]
+        print(f"stopped; failures seen per hook: {dict(zip([h[0] for h in HOOKS], hits))}",
+              flush=True)
+    finally:
+        bpf.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
