@@ -161,8 +161,20 @@ class LiveSource:
         if now - self._last_memcg_poll >= 1.0:
             self._last_memcg_poll = now
             self._poll_memcg()
+            self._recount_armed()
         out, self._out = self._out, []
         return out
+
+    def _recount_armed(self) -> None:
+        """Reset the kernel's count of threads with pending kernel failures to the truth.
+
+        The count is only decremented when an entry is deleted; entries the LRU map evicts
+        would leave it above zero for good, and every syscall exit would then pay for a
+        lookup. Rarely off by one in a race, which only delays clearing a stale entry."""
+        n = sum(1 for _ in self.bpf[b"pending"].keys())
+        armed = self.bpf[b"armed"]
+        if armed[ct.c_int(0)].value != n:
+            armed[ct.c_int(0)] = ct.c_uint64(n)
 
     def drain(self) -> list[Failure]:
         """Everything already in the ring buffer, without waiting."""
@@ -355,12 +367,6 @@ class LiveSource:
                 drops[name] = int(sum(v))
         memcg = tuple(MemcgCount(c, ev, n) for c, ev, n in self.memcg.totals())
         return self.filter.snapshot(Snapshot(tuple(syscalls), tuple(kernel), memcg, drops))
-
-    def map_bytes(self) -> dict[str, int]:
-        """Memory of memtrace's maps and ring buffer, by name (for the benchmark's report)."""
-        from .abi import C
-        return {"ringbuf": C["MT_RINGBUF_PAGES"] * 4096}
-
 
 # ======================================================================== leak profiling
 
