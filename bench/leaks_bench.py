@@ -211,8 +211,9 @@ def wait_quiet(timeout: float, max_load: float) -> dict:
         others = [f"{name} (id {i})" for i, name in loaded_tracing_programs().items()
                   if i not in OWN_PROG_IDS]
         waited = time.monotonic() - t0
-        if (load <= max_load and not others) or waited > timeout:
-            if waited > timeout:
+        quiet = load <= max_load and not others
+        if quiet or waited > timeout:
+            if not quiet:
                 log(f"  bench: not quiet after {timeout:.0f}s (others busy {load:.2f} CPUs"
                     + (f", {', '.join(others[:3])}" if others else "") + "): measuring anyway")
             return {"waited_s": round(waited, 1), "load_before": round(load, 2),
@@ -629,6 +630,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if os.geteuid() != 0:
         log("bench: needs root (BPF)")
         return 1
+    # Ctrl-C raises KeyboardInterrupt even when started from a shell that ignored SIGINT
+    # (a background job); SIGTERM and SIGHUP do the same, so the finally block runs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_terminate)
     signal.signal(signal.SIGHUP, _on_terminate)
 
