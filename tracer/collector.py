@@ -483,7 +483,7 @@ class LeakSource:
 
     def _attach_allocator(self, pid: int) -> list[str]:
         from .leaks import ALLOCATORS, FREE
-        from .unwind import defined_functions
+        from .unwind import defined_functions, first_argument_probe_offset
 
         done = self._attached.setdefault(pid, set())
         out = []
@@ -498,7 +498,10 @@ class LeakSource:
                     continue
                 seen_addresses.add(addr)
                 fn = "lk_free" if name == FREE else f"lk_{name}"
-                self.bpf.attach_uprobe(name=target.encode(), sym=name.encode(),
+                # free only reads its argument: probe past a leading `test %rdi,%rdi`,
+                # which the kernel would single-step on every call (a costly trap).
+                off = first_argument_probe_offset(target, addr) if name == FREE else 0
+                self.bpf.attach_uprobe(name=target.encode(), sym=name.encode(), sym_off=off,
                                        fn_name=fn.encode(), pid=pid)
                 if name != FREE:
                     self.bpf.attach_uretprobe(name=target.encode(), sym=name.encode(),

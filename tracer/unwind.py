@@ -1192,3 +1192,34 @@ def defined_functions(path: str, names: Sequence[str]) -> dict[str, int]:
     except (OSError, ELFError):
         return {}
     return out
+
+
+# Leading instructions a probe may step over without changing rdi (the first argument):
+# the kernel single-steps them out of line on every hit (a debug trap, slow in VMs),
+# while the conditional jump after `test %rdi,%rdi` is emulated.
+_SKIPPABLE = (b"\x48\x85\xff",  # test %rdi,%rdi
+              b"\xf3\x0f\x1e\xfa")  # endbr64
+
+
+def first_argument_probe_offset(path: str, vaddr: int) -> int:
+    """Where to probe a function that only reads its first argument (free): past leading
+    instructions that do not change rdi and cannot be emulated, else at its entry."""
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            offsets = list(elf.address_offsets(vaddr, 16))
+            if not offsets:
+                return 0
+            f.seek(offsets[0])
+            code = f.read(16)
+    except (OSError, ELFError):
+        return 0
+    pos = 0
+    for _ in range(2):
+        for ins in _SKIPPABLE:
+            if code.startswith(ins, pos):
+                pos += len(ins)
+                break
+        else:
+            break
+    return pos
