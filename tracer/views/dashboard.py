@@ -322,14 +322,14 @@ def render(d: Dashboard, *, width: int = 120, height: int = 40,
 # --------------------------------------------------------------------------- plain text
 
 
-def _ascii(value: Any) -> str:
+def ascii_text(value: Any) -> str:
     return str(value).encode("ascii", "backslashreplace").decode("ascii")
 
 
-def _ascii_table(title: str, columns: Sequence[tuple[str, str]], rows: Sequence[Row],
+def ascii_table(title: str, columns: Sequence[tuple[str, str]], rows: Sequence[Row],
                  cap: Optional[int] = None) -> list[str]:
     shown = list(rows if cap is None else rows[:cap])
-    cells = [[_ascii(c) for c in row] for row in shown]
+    cells = [[ascii_text(c) for c in row] for row in shown]
     widths = [max([len(name)] + [len(r[i]) for r in cells]) for i, (name, _) in
               enumerate(columns)]
     rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
@@ -377,13 +377,13 @@ def _plain_tables(s: Snapshot, cap: Optional[int], d: Optional[Dashboard] = None
         *diagnosis,
     ):
         if rows:
-            out += [""] + _ascii_table(title, cols, rows, cap)
+            out += [""] + ascii_table(title, cols, rows, cap)
     return out
 
 
 def _drops_line(d: Dashboard) -> str:
     items = ", ".join(f"{k} {n}" for k, n in d.snapshot.drops.items()) or "none"
-    return _ascii(f"dropped: {items}")
+    return ascii_text(f"dropped: {items}")
 
 
 def _totals_lines(s: Snapshot) -> list[str]:
@@ -415,7 +415,7 @@ def render_plain(d: Dashboard, now: Optional[float] = None) -> str:
         lines.append("no allocation failures yet")
     lines += _plain_tables(s, PLAIN_MAX_ROWS, d)
     lines += ["", f"{_drops_line(d)} | events received: {d.events_seen}"]
-    return "\n".join(_ascii(x) for x in lines) + "\n"
+    return "\n".join(ascii_text(x) for x in lines) + "\n"
 
 
 def summary_text(d: Dashboard) -> str:
@@ -429,4 +429,4 @@ def summary_text(d: Dashboard) -> str:
     lines += _totals_lines(s)
     lines += _plain_tables(s, None, d)
     lines += ["", _drops_line(d)]
-    return "\n".join(_ascii(x) for x in lines) + "\n"
+    return "\n".join(ascii_text(x) for x in lines) + "\n"

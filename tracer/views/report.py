@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from typing import Any, Iterable, Optional, Sequence, TextIO
+from typing import Any, Optional, Sequence, TextIO
 
 from .. import jsonout
 from ..decoders import format_bytes
 from ..recording import SIZE_LIMIT_DROP, Report
+from .dashboard import Row, ascii_table, ascii_text
 
-Row = Sequence[Any]
 MAX_FINDINGS = 50  # rows of the findings table (the JSON has them all)
 MAX_PROBLEMS = 10  # skipped lines named in the text (the JSON and stderr name them all)
 
@@ -20,29 +20,9 @@ FROM_LINES = ("counts: from the failure lines: the recording has no summary line
               "they were written are not in them")
 
 
-def _ascii(value: Any) -> str:
-    return str(value).encode("ascii", "backslashreplace").decode("ascii")
-
-
 def _table(title: str, columns: Sequence[tuple[str, str]], rows: Sequence[Row],
            cap: Optional[int] = None) -> list[str]:
-    shown = list(rows if cap is None else rows[:cap])
-    cells = [[_ascii(c) for c in row] for row in shown]
-    widths = [max([len(name)] + [len(r[i]) for r in cells]) for i, (name, _) in
-              enumerate(columns)]
-    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-
-    def line(values: Iterable[str]) -> str:
-        out = [v.rjust(w) if justify == "right" else v.ljust(w)
-               for v, w, (_, justify) in zip(values, widths, columns)]
-        return "| " + " | ".join(out) + " |"
-
-    lines = ["", title, rule, line(name for name, _ in columns), rule]
-    lines += [line(r) for r in cells]
-    lines.append(rule)
-    if len(rows) > len(shown):
-        lines.append(f"+{len(rows) - len(shown)} more")
-    return lines
+    return ["", *ascii_table(title, columns, rows, cap)]
 
 
 def _largest(d: dict[Any, int]) -> list[tuple[Any, int]]:
@@ -142,7 +122,7 @@ def report_text(r: Report) -> str:
         lines.append(f"skipped {len(r.problems)} unreadable line"
                      f"{'' if len(r.problems) == 1 else 's'}: {named}"
                      + (f", +{more} more" if more > 0 else ""))
-    return "\n".join(_ascii(x) for x in lines) + "\n"
+    return "\n".join(ascii_text(x) for x in lines) + "\n"
 
 
 def report_obj(r: Report) -> dict[str, Any]:
