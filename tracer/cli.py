@@ -161,13 +161,16 @@ def explain(pid: int, as_json: bool) -> None:
               help="growth mode: sample one write fault in N.")
 @click.option("--sample", type=click.IntRange(min=1), default=1, show_default=True,
               help="malloc mode: track one allocation in N (1 = exact).")
+@click.option("--min-age", type=click.FloatRange(min=0), default=0.0,
+              help="malloc mode: only allocations at least this many seconds old.")
 @click.option("--min-size", type=click.IntRange(min=0), default=0,
               help="malloc mode: ignore smaller allocations.")
 @click.option("--max-size", type=click.IntRange(min=1), default=None,
               help="malloc mode: ignore larger allocations.")
 def leaks(pids: tuple[int, ...], mode: str, duration: Optional[float], as_json: bool,
           folded: Optional[str], flamegraph: Optional[str], interval: float, top: int,
-          fault_period: int, sample: int, min_size: int, max_size: Optional[int]) -> None:
+          fault_period: int, sample: int, min_age: float, min_size: int,
+          max_size: Optional[int]) -> None:
     """Which code paths hold or grow a running process's memory, live, without restarting it."""
     from .collector import LeakSource
     from .views.leaks_view import run_leaks
@@ -180,7 +183,7 @@ def leaks(pids: tuple[int, ...], mode: str, duration: Optional[float], as_json: 
 
     def body() -> None:
         src = LeakSource(list(pids), mode, log=log, fault_period=fault_period, sample=sample,
-                         min_size=min_size, max_size=max_size)
+                         min_size=min_size, max_size=max_size, min_age=min_age)
         run_leaks(src, duration=duration, as_json=as_json, interval=interval, folded=folded,
                   flamegraph=flamegraph, top=top, log=log)
 

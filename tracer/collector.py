@@ -375,7 +375,7 @@ class LeakSource:
 
     def __init__(self, pids: list[int], mode: str, *, log: Optional[Log] = None,
                  fault_period: int = 64, sample: int = 1, min_size: int = 0,
-                 max_size: Optional[int] = None):
+                 max_size: Optional[int] = None, min_age: float = 0.0):
         from .leaks import LeakProfile
 
         self.pids = list(dict.fromkeys(pids))
@@ -387,6 +387,7 @@ class LeakSource:
         self.fault_period = fault_period
         self.sample = sample
         self.min_size = min_size
+        self.min_age = min_age
         self.max_size = max_size
         self.profile = LeakProfile(mode, self.pids)
         self.bpf: Any = None
@@ -624,10 +625,25 @@ class LeakSource:
             return
         p = self.profile
         p.reset_outstanding()
-        for k, v in self.bpf[b"stats"].items():
-            key = (int(k.pid), int(k.stack_id), int(k.caller))
-            frames = self._key_frames.get(key) or self._fp_frames(key)
-            p.set_outstanding(frames, int(v.bytes), int(v.count))
+        if self.min_age > 0:
+            # Only allocations older than --min-age: walk the outstanding ones (costs a
+            # pass over the allocation map per interval, unlike the per-stack totals).
+            cutoff = time.monotonic_ns() - int(self.min_age * 1e9)
+            old: dict[tuple[int, int, int], list[int]] = {}
+            for a in self.bpf[b"allocs"].values():
+                if a.ts_ns <= cutoff:
+                    key = (int(a.key.pid), int(a.key.stack_id), int(a.key.caller))
+                    acc = old.setdefault(key, [0, 0])
+                    acc[0] += int(a.size)
+                    acc[1] += 1
+            for key, (nbytes, count) in old.items():
+                frames = self._key_frames.get(key) or self._fp_frames(key)
+                p.set_outstanding(frames, nbytes, count)
+        else:
+            for k, v in self.bpf[b"stats"].items():
+                key = (int(k.pid), int(k.stack_id), int(k.caller))
+                frames = self._key_frames.get(key) or self._fp_frames(key)
+                p.set_outstanding(frames, int(v.bytes), int(v.count))
         n = self.bpf[b"failures"][ct.c_int(0)].value
         p.failure_count = max(p.failure_count, int(n))
 

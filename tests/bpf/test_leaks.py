@@ -137,3 +137,22 @@ def test_stops_with_a_final_summary_when_the_process_exits(binary):
     assert time.monotonic() - started < 20  # stopped by the exit, not the duration
     final = json.loads(out.getvalue().splitlines()[-1])
     assert final["final"] and final["exited"] == [fx.pid]
+
+
+def test_min_age_and_size_filters(binary):
+    # every leaked block is younger than a minute when the profile ends
+    fx = leakfix.start(binary)
+    try:
+        objs, (leaked, _b) = profile(fx.pid, "malloc", fx, min_age=60.0)
+    finally:
+        fx.stop()
+    assert leaked > 0
+    assert not any("leak_here (" in leak_frames(s) for s in objs[-1]["stacks"])
+    # blocks bigger than the leak's are all that is kept
+    fx = leakfix.start(binary)
+    try:
+        objs, (leaked, _b) = profile(fx.pid, "malloc", fx, min_size=leakfix.LEAK_BYTES + 1)
+    finally:
+        fx.stop()
+    assert not any("leak_here (" in leak_frames(s) for s in objs[-1]["stacks"])
+    assert objs[-1]["failures"] == 1  # the 64 TiB ask is above min-size: still reported
