@@ -14,7 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 PYTHON = "/usr/bin/python3"
 
@@ -41,7 +41,8 @@ class ChildResult:
 
 
 def run_child(body: str, comm: str, cgroup_procs: Optional[Path] = None,
-              timeout: float = 30.0, env: Optional[dict] = None) -> ChildResult:
+              timeout: float = 30.0, env: Optional[dict] = None,
+              while_running: Optional[Callable[[], None]] = None) -> ChildResult:
     """Run `body` in a new Python child named `comm` (optionally inside a cgroup)."""
     code = PRELUDE + "\n" + textwrap.dedent(body)
     pre = None
@@ -55,6 +56,10 @@ def run_child(body: str, comm: str, cgroup_procs: Optional[Path] = None,
     proc = subprocess.Popen([PYTHON, "-c", code, comm], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=pre,
                             env={**os.environ, **(env or {})})
+    if while_running is not None:  # e.g. read the tracer's events while the child lives
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            while_running()
     out, err = proc.communicate(timeout=timeout)
     report = {}
     for line in out.splitlines():

@@ -27,6 +27,7 @@ from .model import (
     TaskState,
 )
 from .probes import ATTACHED, CORE_PROBES, FAILED, PLAN, ProbeStatus, choose, kprobe_check
+from .unwind import ProcessUnwinders
 
 Log = Callable[[str], None]
 
@@ -80,6 +81,7 @@ class LiveSource:
         self._kmsg: list[tuple[float, int, str]] = []
         self._last_memcg_poll = 0.0
         self._clock_offset = time.time() - time.monotonic()
+        self.user_symbols = ProcessUnwinders()
 
     # -- set-up ---------------------------------------------------------------------------
     def start(self) -> Ready:
@@ -221,15 +223,11 @@ class LiveSource:
     def _ustack(self, stack_id: int, pid: int) -> tuple[str, ...]:
         if stack_id < 0 or not self.symbolize or self.bpf is None:
             return ()
-        out = []
         try:
-            for addr in self.bpf[b"stacks"].walk(stack_id):
-                name = self.bpf.sym(addr, pid, show_module=True, show_offset=False)
-                text = name.decode("utf-8", "replace")
-                out.append(f"0x{addr:x}" if text.startswith("[unknown]") else text)
+            addrs = list(self.bpf[b"stacks"].walk(stack_id))
         except KeyError:
             return ()
-        return tuple(out)
+        return tuple(self.user_symbols.symbolize(pid, addrs))
 
     def _kernel_failure(self, kf: abi.KFail) -> KernelFailure:
         kind = abi.KIND_NAMES.get(kf.kind, str(kf.kind))
@@ -392,7 +390,7 @@ class LeakSource:
         self.profile = LeakProfile(mode, self.pids)
         self.bpf: Any = None
         self.live: set[int] = set(self.pids)
-        self._unwinders: dict[int, Any] = {}
+        self.unwinders = ProcessUnwinders()
         self._key_frames: dict[tuple[int, int, int], tuple[str, ...]] = {}
         self._attached: dict[int, set[str]] = {}
         self._clock_offset = time.time() - time.monotonic()
@@ -516,20 +514,7 @@ class LeakSource:
         return out
 
     def _unwinder(self, pid: int, refresh: bool = False) -> Any:
-        from .unwind import Unwinder, parse_maps
-
-        u = self._unwinders.get(pid)
-        if u is not None and not refresh:
-            return u
-        try:
-            maps = parse_maps(open(f"/proc/{pid}/maps").read())
-        except OSError:
-            maps = []
-        if u is None:
-            u = self._unwinders[pid] = Unwinder(maps)
-        elif maps:
-            u.update_maps(maps)
-        return u
+        return self.unwinders.get(pid, refresh)
 
     # -- events ---------------------------------------------------------------------------
     def poll(self, timeout: float = 0.1) -> None:

@@ -1223,3 +1223,49 @@ def first_argument_probe_offset(path: str, vaddr: int) -> int:
         else:
             break
     return pos
+
+
+class ProcessUnwinders:
+    """One Unwinder per process, made from its /proc/PID/maps and refreshed on demand."""
+
+    def __init__(self, max_processes: int = 256, proc: str = "/proc"):
+        self.max_processes = max_processes
+        self.proc = proc
+        self._by_pid: OrderedDict[int, Unwinder] = OrderedDict()
+
+    def get(self, pid: int, refresh: bool = False) -> Unwinder:
+        u = self._by_pid.get(pid)
+        if u is not None and not refresh:
+            self._by_pid.move_to_end(pid)
+            return u
+        try:
+            with open(f"{self.proc}/{pid}/maps") as f:
+                maps = parse_maps(f.read())
+        except OSError:
+            maps = []
+        if u is None:
+            u = self._by_pid[pid] = Unwinder(maps, root=self._root(pid))
+            while len(self._by_pid) > self.max_processes:
+                self._by_pid.popitem(last=False)
+        elif maps:
+            u.update_maps(maps)
+        return u
+
+    def _root(self, pid: int) -> str:
+        """The process's filesystem root when it is not ours (a container), else ""."""
+        try:
+            theirs, ours = os.stat(f"{self.proc}/{pid}/root/"), os.stat("/")
+        except OSError:
+            return ""
+        same = (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+        return "" if same else f"{self.proc}/{pid}/root"
+
+    def symbolize(self, pid: int, addrs: Sequence[int]) -> list[str]:
+        """Frame addresses (frame 0 exact, the rest return addresses) as "function (module)";
+        the maps are read again once if a frame lies in no known mapping."""
+        u = self.get(pid)
+        out = [u.format(a, first=(i == 0)) for i, a in enumerate(addrs)]
+        if any(f.endswith("([unknown])") for f in out):
+            u = self.get(pid, refresh=True)
+            out = [u.format(a, first=(i == 0)) for i, a in enumerate(addrs)]
+        return out
