@@ -530,10 +530,12 @@ class LeakSource:
             return (f"0x{e.ip:x}",) if e.ip else ("[no stack]",)
         u = self._unwinder(e.pid)
         stack = ct.string_at(ct.addressof(e.stack), e.stack_len)
-        frames = tuple(u.frames(e.ip, e.sp, e.bp, stack))
-        if frames and "[unknown]" in frames[0]:
+        rows = u.frames_with_source(e.ip, e.sp, e.bp, stack)
+        if rows and "[unknown]" in rows[0][0]:
             u = self._unwinder(e.pid, refresh=True)  # a library loaded since we last looked
-            frames = tuple(u.frames(e.ip, e.sp, e.bp, stack))
+            rows = u.frames_with_source(e.ip, e.sp, e.bp, stack)
+        frames = tuple(text for text, _ in rows)
+        self.profile.sources.setdefault(frames, tuple(src for _, src in rows))
         return frames
 
     def _on_event(self, _ctx: Any, data: Any, _size: int) -> None:

@@ -127,6 +127,7 @@ class LeakProfile:
         self.mode = mode
         self.pids = sorted(set(pids))
         self.stacks: dict[Frames, StackStats] = {}
+        self.sources: dict[Frames, tuple[Optional[str], ...]] = {}  # file:line per frame
         self.failures: list[AllocFailure] = []
         self.failure_count = 0
         self.drops: dict[str, int] = {}
@@ -221,6 +222,13 @@ class LeakProfile:
         live.sort(key=lambda s: (-s.bytes_per_second, s.frames))
         return live[:n]
 
+    def stack_json(self, s: StackStats) -> dict[str, Any]:
+        obj = s.to_json()
+        sources = self.sources.get(s.frames)
+        if sources and any(sources):
+            obj["sources"] = list(sources)  # "file.c:42" where debug info exists, else null
+        return obj
+
     def total_bytes(self) -> int:
         return sum(s.bytes for s in self.stacks.values() if s.bytes > 0)
 
@@ -228,7 +236,7 @@ class LeakProfile:
                 ) -> dict[str, Any]:
         obj: dict[str, Any] = {
             "type": "leaks", "time": _iso(now), "mode": self.mode, "pids": self.pids,
-            "stacks": [s.to_json() for s in self.top(top)],
+            "stacks": [self.stack_json(s) for s in self.top(top)],
             "total_bytes": self.total_bytes(), "failures": self.failure_count,
             "dropped": dict(self.drops),
         }

@@ -85,6 +85,9 @@ def test_growth_mode_finds_the_leak(binary):
     assert final["mode"] == "growth"
     top = final["stacks"][0]
     assert "leak_here (" in leak_frames(top)  # unwound through glibc without frame pointers
+    # the fixture has debug info: its frames carry file:line
+    at = [i for i, f in enumerate(top["frames"]) if f.startswith("leak_here (")][0]
+    assert top["sources"][at].startswith("leaky.c:")
     assert top["bytes"] >= 0.9 * leaked
     churn = [s for s in final["stacks"] if "churn (" in leak_frames(s)]
     assert sum(s["bytes"] for s in churn) < 0.1 * leaked

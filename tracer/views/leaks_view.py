@@ -125,7 +125,7 @@ def run_leaks(source: Any, *, duration: Optional[float], as_json: bool, interval
     else:
         out.write(summary(p, top) + "\n")
     out.flush()
-    stacks = [s.to_json() for s in p.top()]
+    stacks = [p.stack_json(s) for s in p.top()]
     if folded:
         from .flamegraph import write_folded
 
