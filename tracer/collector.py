@@ -65,7 +65,20 @@ def task_state(t: abi.TaskEvidence, unmapped_area_failed: bool, page_size: int =
         unmapped_area_failed=unmapped_area_failed)
 
 
-class LiveSource:
+class _Loaded:
+    """A compiled BPF object (bcc) that close() detaches and frees, once."""
+
+    bpf: Any = None
+
+    def close(self) -> None:
+        if self.bpf is not None:
+            try:
+                self.bpf.cleanup()
+            finally:
+                self.bpf = None
+
+
+class LiveSource(_Loaded):
     """Failures as the running kernel reports them."""
 
     def __init__(self, filt: Optional[Filter] = None, log: Optional[Log] = None,
@@ -147,13 +160,6 @@ class LiveSource:
             self.memcg.watch(self.filter.cgroup)
         self.bpf[b"events"].open_ring_buffer(self._on_event)
         return Ready(__version__, host.kernel_release(), tuple(self.statuses), self.layout.notes)
-
-    def close(self) -> None:
-        if self.bpf is not None:
-            try:
-                self.bpf.cleanup()
-            finally:
-                self.bpf = None
 
     # -- events ---------------------------------------------------------------------------
     def poll(self, timeout: float = 0.1) -> list[Failure]:
@@ -368,7 +374,7 @@ class LiveSource:
 
 # ======================================================================== leak profiling
 
-class LeakSource:
+class LeakSource(_Loaded):
     """`memtrace leaks`: the leak profiler's probes on chosen processes (bpf/leaks.bpf.c)."""
 
     def __init__(self, pids: list[int], mode: str, *, log: Optional[Log] = None,
@@ -443,13 +449,6 @@ class LeakSource:
                 attached += self._attach_allocator(pid)
         self.bpf[b"events"].open_ring_buffer(self._on_event)
         return attached
-
-    def close(self) -> None:
-        if self.bpf is not None:
-            try:
-                self.bpf.cleanup()
-            finally:
-                self.bpf = None
 
     # -- set-up helpers -------------------------------------------------------------------
     def _seed_break(self, pid: int) -> None:

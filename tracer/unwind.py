@@ -180,34 +180,25 @@ def _sleb(data: bytes, pos: int) -> tuple[int, int]:
             return result, pos
 
 
+# DW_EH_PE_* value formats of a fixed size: absptr, udata2/4/8, sdata2/4/8.
+_FIXED_ENCODINGS = {0x00: _U64, 0x02: _U16, 0x03: _U32, 0x04: _U64, 0x0A: _S16, 0x0B: _S32,
+                    0x0C: _S64}
+
+
 def _read_encoded(data: bytes, pos: int, enc: int, base: int) -> tuple[int, int]:
     """Decode a DW_EH_PE_* encoded pointer at data[pos]; `base` is the vaddr of data[0]."""
     if enc == 0xFF:  # DW_EH_PE_omit
         return 0, pos
     start = pos
     fmt = enc & 0x0F
-    if fmt == 0x00 or fmt == 0x04:
-        value = _U64.unpack_from(data, pos)[0]
-        pos += 8
+    fixed = _FIXED_ENCODINGS.get(fmt)
+    if fixed is not None:
+        value = fixed.unpack_from(data, pos)[0]
+        pos += fixed.size
     elif fmt == 0x01:
         value, pos = _uleb(data, pos)
-    elif fmt == 0x02:
-        value = _U16.unpack_from(data, pos)[0]
-        pos += 2
-    elif fmt == 0x03:
-        value = _U32.unpack_from(data, pos)[0]
-        pos += 4
     elif fmt == 0x09:
         value, pos = _sleb(data, pos)
-    elif fmt == 0x0A:
-        value = _S16.unpack_from(data, pos)[0]
-        pos += 2
-    elif fmt == 0x0B:
-        value = _S32.unpack_from(data, pos)[0]
-        pos += 4
-    elif fmt == 0x0C:
-        value = _S64.unpack_from(data, pos)[0]
-        pos += 8
     else:
         raise _CFIError(f"pointer encoding {enc:#x}")
     app = enc & 0x70

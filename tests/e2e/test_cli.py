@@ -24,31 +24,18 @@ import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Optional
 
 import pytest
 
 from tests import workloads as w
+from tests.e2e import installed
 from tracer import __version__
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
+MEMTRACE = installed.MEMTRACE
 
-
-def _memtrace() -> Optional[str]:
-    found = shutil.which("memtrace")
-    if found:
-        return found
-    venv = REPO / ".venv" / "bin" / "memtrace"
-    return str(venv) if venv.is_file() and os.access(venv, os.X_OK) else None
-
-
-_FOUND = _memtrace()
-if _FOUND is None:
-    pytest.skip("no installed memtrace command (run scripts/setup.sh)", allow_module_level=True)
-MEMTRACE: str = _FOUND or "memtrace"
 
 READY_TIMEOUT = 60.0  # bcc compiles the BPF programs before `ready`
 HUGE = 1 << 46

@@ -7,14 +7,14 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.e2e import installed
+
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
-MEMTRACE = shutil.which("memtrace") or str(REPO / ".venv" / "bin" / "memtrace")
+MEMTRACE = installed.MEMTRACE
 
 NEAR_RLIMIT_AS = """
 import resource, sys, time

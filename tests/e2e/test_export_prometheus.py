@@ -9,16 +9,15 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from tests import workloads as w
+from tests.e2e import installed
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
-MEMTRACE = shutil.which("memtrace") or str(REPO / ".venv" / "bin" / "memtrace")
+MEMTRACE = installed.MEMTRACE
 PROMETHEUS = shutil.which("prometheus")
 N = 7
 

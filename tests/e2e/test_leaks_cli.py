@@ -7,16 +7,15 @@ import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from tests import leakfix
+from tests.e2e import installed
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
-MEMTRACE = shutil.which("memtrace") or str(REPO / ".venv" / "bin" / "memtrace")
+MEMTRACE = installed.MEMTRACE
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
