@@ -26,12 +26,13 @@ HOOKS = (
 
 
 def main() -> int:
-    import tracer.host
+    from tracer.errors import HostError
+    from tracer.host import system
 
     try:
-        tracer.host.require_root("the floor benchmark")
-        tracer.host.prepare_headers()
-    except tracer.host.HostError as e:
+        system.require_root("the floor benchmark")
+        system.prepare_headers()
+    except HostError as e:
         print(f"floor: error: {e}", file=sys.stderr)
         return 1
     from bcc import BPF

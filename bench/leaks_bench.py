@@ -280,7 +280,7 @@ def bcc_kernel_source() -> Optional[str]:
         return os.environ["BCC_KERNEL_SOURCE"]
     sys.path.insert(0, str(ROOT))
     try:
-        from tracer.host import find_headers  # memtrace's own lookup (and merge)
+        from tracer.host.system import find_headers  # memtrace's own lookup (and merge)
 
         h = find_headers()
         return str(h.path) if h.generic else None

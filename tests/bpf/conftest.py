@@ -8,8 +8,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-from tracer.collector import LiveSource
-from tracer.model import Failure, Filter
+from tracer.kernel.failures import LiveSource
+from tracer.model.failures import Failure, Filter
 
 
 class Recorder:

@@ -7,7 +7,7 @@ import errno
 import pytest
 
 from tests import workloads as w
-from tracer.model import Failure
+from tracer.model.failures import Failure
 
 pytestmark = pytest.mark.bpf
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.bpf
 def diagnosed(live, body: str, comm_prefix: str, syscall: str, **kw) -> tuple[w.ChildResult,
                                                                               Failure]:
     """Run a child; return it and its (single) diagnosed failure of `syscall`."""
-    from tracer.runner import Diagnoser
+    from tracer.diagnose.diagnoser import Diagnoser
 
     comm = w.unique_comm(comm_prefix)
     child = w.run_child(body, comm, **kw)
@@ -57,7 +57,7 @@ def test_rlimit_memlock_mlock_enomem_and_map_locked_eagain(live):
     assert child.report == {"mlock_errno": errno.ENOMEM, "map_locked_errno": errno.EAGAIN,
                             "pid": child.pid}
     mine = live.wait(lambda fs: {f.syscall for f in fs} >= {"mlock", "mmap"}, child.pid)
-    from tracer.runner import Diagnoser
+    from tracer.diagnose.diagnoser import Diagnoser
 
     found = {f.syscall: f for f in Diagnoser()([f for f in mine if f.kind == "syscall"])}
     assert found["mlock"].errno == "ENOMEM" and found["mlock"].cause == "rlimit_memlock"
@@ -87,7 +87,7 @@ def test_overcommit_strict(live):
     with w.sysctl("vm.overcommit_memory", "2"):
         child, f = diagnosed(live, w.STRICT_OVERCOMMIT, "mt-strict", "mmap",
                              env={"MT_SIZE": str(size), "MT_LINGER": "0.3"})
-        from tracer.runner import Diagnoser
+        from tracer.diagnose.diagnoser import Diagnoser
 
         f = Diagnoser()([f.__class__(**{**f.__dict__, "cause": None})])[0]
     assert child.report["errno"] == errno.ENOMEM
@@ -118,7 +118,7 @@ def test_bad_range(live):
     assert child.report["mprotect_errno"] == errno.ENOMEM
     assert child.report["mincore_errno"] == errno.ENOMEM
     mine = live.wait(lambda fs: {f.syscall for f in fs} >= {"mprotect", "mincore"}, child.pid)
-    from tracer.runner import Diagnoser
+    from tracer.diagnose.diagnoser import Diagnoser
 
     found = {f.syscall: f for f in Diagnoser()([f for f in mine if f.kind == "syscall"])}
     for name in ("mprotect", "mincore"):

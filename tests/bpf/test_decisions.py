@@ -10,10 +10,11 @@ import os
 
 import pytest
 
-from tracer import abi, host
-from tracer.btf import load_vmlinux
-from tracer.config import BuildOptions, cflags, read_layout
-from tracer.probes import PLAN, choose, kprobe_check
+from tracer.host import system as host
+from tracer.kernel import abi
+from tracer.kernel.btf import load_vmlinux
+from tracer.kernel.build import BuildOptions, cflags, read_layout
+from tracer.kernel.probes import PLAN, choose, kprobe_check
 
 pytestmark = pytest.mark.bpf
 
@@ -25,8 +26,7 @@ def test_decision_programs_pass_the_verifier():
 
     host.prepare_headers()
     flags = cflags(read_layout(load_vmlinux()),
-                   BuildOptions(families=frozenset({"SYSCALLS", "KMEM", "DECISIONS"})),
-                   abi.bpf_dir())
+                   BuildOptions(families=frozenset({"SYSCALLS", "KMEM", "DECISIONS"})))
     b = BPF(src_file=str(abi.bpf_dir() / "memtrace.bpf.c").encode(), cflags=flags)
     try:
         assert len(DECISION_FUNCTIONS) == 4

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from tests import leakfix
-from tracer.collector import LeakSource
-from tracer.views.leaks_view import run_leaks
+from tracer.kernel.leaks import LeakSource
+from tracer.views.leaks import run_leaks
 
 pytestmark = pytest.mark.bpf
 

@@ -9,10 +9,11 @@ import signal
 import pytest
 
 from tests import workloads as w
-from tracer import abi
-from tracer.collector import LiveSource
-from tracer.config import BuildOptions
-from tracer.model import Filter, failures_by_syscall, page_alloc_by_order, summary_counts
+from tracer.kernel import abi
+from tracer.kernel.build import BuildOptions
+from tracer.kernel.failures import LiveSource
+from tracer.model.failures import Filter
+from tracer.model.totals import failures_by_syscall, page_alloc_by_order, summary_counts
 
 pytestmark = pytest.mark.bpf
 

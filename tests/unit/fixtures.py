@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tracer.model import Failure, KernelCount, KernelFailure, Ready, Snapshot, SyscallCount
-from tracer.probes import ProbeStatus
+from tracer.model.failures import Failure, KernelCount, KernelFailure, Ready, Snapshot, SyscallCount
+from tracer.model.probes import ProbeStatus
 
 T0 = 1_790_000_000.0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer.btf import Btf, BtfError, load_vmlinux
+from tracer.kernel.btf import Btf, BtfError, load_vmlinux
 
 pytestmark = pytest.mark.unit
 

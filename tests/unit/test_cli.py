@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from tests.unit.fixtures import FCNTL_FAIL, MMAP_FAIL, READY, SNAPSHOT
 from tracer import cli
-from tracer.model import Filter, Snapshot
-from tracer.sources import FakeSource
+from tracer.model.failures import Filter, Snapshot
+from tracer.run import FakeSource
 from tracer.views.top import run_top
 from tracer.views.watch import run_watch
 

@@ -7,16 +7,9 @@ import re
 import pytest
 from rich.console import Console
 
-from tracer.model import (
-    Dashboard,
-    Failure,
-    KernelCount,
-    KernelFailure,
-    Ready,
-    Snapshot,
-    SyscallCount,
-)
-from tracer.probes import ProbeStatus
+from tracer.model.failures import Failure, KernelCount, KernelFailure, Ready, Snapshot, SyscallCount
+from tracer.model.probes import ProbeStatus
+from tracer.model.totals import Dashboard
 from tracer.views.dashboard import render, render_plain, summary_text
 
 pytestmark = pytest.mark.unit

@@ -8,7 +8,8 @@ import pytest
 from rich.console import Console
 
 from tests.unit.fixtures import FCNTL_FAIL, MMAP_FAIL, READY, SNAPSHOT
-from tracer.model import Dashboard, MemcgCount
+from tracer.model.failures import MemcgCount
+from tracer.model.totals import Dashboard
 from tracer.views.dashboard import render, render_plain, summary_text
 from tracer.views.lines import format_line
 

@@ -7,10 +7,11 @@ import dataclasses
 import pytest
 
 from tests.unit.fixtures import MMAP_FAIL
-from tracer.diagnosis import CONFIRMED, INFERRED, Evidence, confirm, diagnose
-from tracer.evidence import HostState
-from tracer.model import TaskState
-from tracer.probes import kprobe_check
+from tracer.diagnose.evidence import Evidence
+from tracer.diagnose.rules import CONFIRMED, INFERRED, confirm, diagnose
+from tracer.host.state import HostState
+from tracer.kernel.probes import kprobe_check
+from tracer.model.failures import TaskState
 
 pytestmark = pytest.mark.unit
 

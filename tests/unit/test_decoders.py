@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import pytest
 
-from tracer.decoders import (
+from tracer.model.decode import (
     GFP_BITS_6_18,
     MEMORY_SYSCALLS,
     MIGRATE_TYPES,

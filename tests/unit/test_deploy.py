@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from tests.unit.fixtures import MMAP_FAIL, READY
-from tracer.exporter import MemtraceCollector, MetricsState
-from tracer.model import KernelCount, MemcgCount, Snapshot, SyscallCount
-from tracer.sources import FakeSource
+from tracer.model.failures import KernelCount, MemcgCount, Snapshot, SyscallCount
+from tracer.run import FakeSource
+from tracer.views.prometheus import MemtraceCollector, MetricsState
 
 pytestmark = pytest.mark.unit
 

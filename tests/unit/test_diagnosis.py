@@ -12,11 +12,12 @@ from typing import Any, Mapping, Optional, Sequence
 
 import pytest
 
-from tracer import diagnosis
-from tracer.decoders import describe_syscall_args, size_from_syscall
-from tracer.diagnosis import CAUSES, CONFIRMED, INFERRED, Evidence, Finding
-from tracer.evidence import CgroupState, HostState
-from tracer.model import Failure, KernelFailure, TaskState
+from tracer.diagnose import rules as diagnosis
+from tracer.diagnose.evidence import Evidence
+from tracer.diagnose.rules import CAUSES, CONFIRMED, INFERRED, Finding
+from tracer.host.state import CgroupState, HostState
+from tracer.model.decode import describe_syscall_args, size_from_syscall
+from tracer.model.failures import Failure, KernelFailure, TaskState
 
 pytestmark = pytest.mark.unit
 

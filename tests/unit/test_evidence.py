@@ -8,11 +8,11 @@ from typing import Any, Optional, cast
 
 import pytest
 
-from tracer import evidence
-from tracer.cgroups import Hierarchy
-from tracer.evidence import (
+from tracer.diagnose import evidence
+from tracer.diagnose.evidence import EvidenceSampler
+from tracer.host.cgroups import Hierarchy
+from tracer.host.state import (
     CgroupState,
-    EvidenceSampler,
     HostState,
     _meminfo,
     parse_buddyinfo,
@@ -21,7 +21,7 @@ from tracer.evidence import (
     read_cgroup_state,
     read_host_state,
 )
-from tracer.model import Failure
+from tracer.model.failures import Failure
 
 pytestmark = pytest.mark.unit
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tracer.evidence import HostState
-from tracer.explain import ExplainError, headroom, parse_limits
+from tracer.diagnose.headroom import headroom, parse_limits
+from tracer.errors import ExplainError
+from tracer.host.state import HostState
 
 pytestmark = pytest.mark.unit
 

@@ -8,8 +8,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.unit.fixtures import FCNTL_FAIL, MMAP_FAIL, READY, SNAPSHOT
-from tracer.exporter import LabelBound, ListenError, MemtraceCollector, MetricsState, parse_listen
-from tracer.sources import FakeSource
+from tracer.errors import ListenError
+from tracer.run import FakeSource
+from tracer.views.prometheus import LabelBound, MemtraceCollector, MetricsState, parse_listen
 
 pytestmark = pytest.mark.unit
 

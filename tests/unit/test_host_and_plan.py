@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tracer import host, probes
-from tracer.cgroups import CgroupResolver, Hierarchy, path_matches
-from tracer.config import BuildOptions, Layout, cflags
-from tracer.memcg import MemcgWatcher, read_counters
+from tracer.host import system as host
+from tracer.host.cgroups import CgroupResolver, Hierarchy
+from tracer.host.memcg import MemcgWatcher, read_counters
+from tracer.kernel import probes
+from tracer.kernel.build import BuildOptions, Layout, cflags
+from tracer.model.failures import path_matches
 
 pytestmark = pytest.mark.unit
 
@@ -91,8 +93,7 @@ def test_probe_plan_refuses_a_changed_tracepoint():
 def test_cflags_carry_layout_families_and_sizes(tmp_path):
     layout = Layout({"MT_OFF_REGS_ORIG_AX": 120}, frozenset({"MT_HAVE_MEMCG"}),
                     {"___GFP_NOWARN_BIT": 13, "___GFP_NORETRY_BIT": 16})
-    flags = cflags(layout, BuildOptions(frozenset({"KMEM", "SYSCALLS"}), ringbuf_pages=8),
-                   tmp_path)
+    flags = cflags(layout, BuildOptions(frozenset({"KMEM", "SYSCALLS"}), ringbuf_pages=8))
     assert "-DMT_OFF_REGS_ORIG_AX=120" in flags
     assert "-DMT_HAVE_MEMCG=1" in flags
     assert "-DMT_PROBE_KMEM=1" in flags and "-DMT_PROBE_SYSCALLS=1" in flags

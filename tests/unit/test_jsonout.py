@@ -7,8 +7,9 @@ import json
 import pytest
 
 from tests.unit.fixtures import FCNTL_FAIL, MMAP_FAIL, READY, SNAPSHOT
-from tracer import jsonout
-from tracer.sources import ReplayError, read_recording
+from tracer.errors import ReplayError
+from tracer.recording import format as jsonout
+from tracer.recording.reader import read_recording
 
 pytestmark = pytest.mark.unit
 

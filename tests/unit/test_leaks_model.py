@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
-from tracer.leaks import GROWTH, MALLOC, AllocFailure, LeakProfile, RangeLedger
-from tracer.views.leaks_view import render, sparkline, summary
+from tracer.model.leaks import GROWTH, MALLOC, AllocFailure, LeakProfile, RangeLedger
+from tracer.views.leaks import render, sparkline, summary
 
 pytestmark = pytest.mark.unit
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.unit.fixtures import FCNTL_FAIL, MMAP_FAIL, SNAPSHOT
-from tracer.model import (
-    Filter,
-    MemcgCount,
-    Snapshot,
+from tracer.model.failures import Filter, MemcgCount, Snapshot
+from tracer.model.totals import (
     failures_by_cgroup,
     failures_by_kind,
     failures_by_process,

@@ -19,33 +19,29 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from tests.unit.fixtures import FCNTL_FAIL, MMAP_FAIL, PIPE_PAGE, READY, SNAPSHOT, T0
-from tracer import cli, jsonout, recording
-from tracer.cli_record import record, replay_source, report
-from tracer.model import (
+from tracer import cli
+from tracer.cli import record as cli_record
+from tracer.cli.record import record
+from tracer.cli.report import report
+from tracer.cli.top import replay_source
+from tracer.errors import ReplayError
+from tracer.model.failures import (
     KINDS,
-    Dashboard,
     Failure,
     KernelCount,
     MemcgCount,
     Ready,
     Snapshot,
     SyscallCount,
-    summary_counts,
 )
-from tracer.recording import RecordingWriter, build_report, parse_size, run_record
-from tracer.sources import (
-    FakeSource,
-    LineError,
-    NewerRecordingError,
-    RecordedSummary,
-    RecordingReader,
-    ReplayError,
-    ReplaySource,
-    Tally,
-    parse_record,
-    read_recording,
-    snapshot_from_counts,
-)
+from tracer.model.totals import Dashboard, Tally, snapshot_from_counts, summary_counts
+from tracer.recording import format as jsonout
+from tracer.recording.format import LineError, NewerRecordingError, RecordedSummary, parse_record
+from tracer.recording.reader import RecordingReader, read_recording
+from tracer.recording.replay import ReplaySource
+from tracer.recording.report import Report, build_report
+from tracer.recording.writer import RecordingWriter, parse_size, run_record
+from tracer.run import FakeSource
 from tracer.views.dashboard import render, render_plain, summary_text
 from tracer.views.lines import format_line
 from tracer.views.report import FROM_LINES, FROM_SUMMARY, report_obj, report_text
@@ -193,8 +189,7 @@ def test_max_size_stops_failure_lines_but_counts_them(tmp_path):
 def test_max_size_warning_through_the_command(tmp_path, monkeypatch):
     path = tmp_path / "r.jsonl"
     src = _source([DIAGNOSED], [FCNTL_FAIL])
-    monkeypatch.setattr(cli, "build_filter", lambda *a: None)
-    monkeypatch.setattr(cli, "live_source", lambda filt: src)
+    monkeypatch.setattr(cli_record, "live_source", lambda *a: src)
     r = invoke(record, "-o", str(path), "--max-size", "100", "--duration", "0.5")
     assert r.exit_code == 0, r.output
     assert r.stderr.count(f"memtrace: warning: {path} reached --max-size 100 B: from now on "
@@ -528,7 +523,7 @@ def test_top_replay_ends_by_itself_with_the_plain_tables(tmp_path):
 
 
 def test_top_replay_in_a_terminal_and_not_diagnosed_again(tmp_path, monkeypatch):
-    from tracer import runner
+    from tracer import run as runner
 
     monkeypatch.setattr(runner, "Diagnoser", lambda: pytest.fail("replay diagnosed again"))
     path = write(tmp_path / "r.jsonl", recording_lines(MMAP_FAIL, DIAGNOSED))
@@ -613,7 +608,7 @@ def _check_parsed(rec: object) -> None:
         Tally().add(rec)
         jsonout.dumps(jsonout.failure_obj(rec))
     elif isinstance(rec, RecordedSummary):
-        rep = recording.Report("f", None, dict(rec.counts), "summary", dict(rec.dropped), 0, {},
+        rep = Report("f", None, dict(rec.counts), "summary", dict(rec.dropped), 0, {},
                                [], [])
         report_text(rep)
         jsonout.dumps(report_obj(rep))

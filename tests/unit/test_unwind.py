@@ -16,7 +16,7 @@ from elftools.dwarf.callframe import FDE
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from tracer.unwind import (
+from tracer.unwind.unwinder import (
     Mapping,
     Module,
     Segment,

@@ -15,11 +15,11 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import __version__
-from ..decoders import format_bytes
-from ..model import (
+from ..model.decode import format_bytes
+from ..model.failures import Failure, Snapshot
+from ..model.probes import ATTACHED, FAILED, UNAVAILABLE
+from ..model.totals import (
     Dashboard,
-    Failure,
-    Snapshot,
     failures_by_cgroup,
     failures_by_kind,
     failures_by_process,
@@ -29,7 +29,6 @@ from ..model import (
     page_alloc_by_order,
     total_failures,
 )
-from ..probes import ATTACHED, FAILED, UNAVAILABLE
 from .lines import describe
 
 WAITING = "waiting for allocation failures\u2026 (Ctrl-C to stop)"

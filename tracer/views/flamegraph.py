@@ -9,7 +9,7 @@ import json
 import os
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Tuple, Union
 
-from ..decoders import format_bytes
+from ..model.decode import format_bytes
 
 Stack = Mapping[str, Any]
 PathLike = Union[str, "os.PathLike[str]"]

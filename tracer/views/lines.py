@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from ..decoders import format_bytes
-from ..model import Failure, KernelFailure
+from ..model.decode import format_bytes
+from ..model.failures import Failure, KernelFailure
 
 
 def _when(t: float) -> str:

@@ -6,9 +6,10 @@ import datetime as dt
 import sys
 from typing import Any, Optional, Sequence, TextIO
 
-from .. import jsonout
-from ..decoders import format_bytes
-from ..recording import SIZE_LIMIT_DROP, Report
+from ..model.decode import format_bytes
+from ..recording import format as jsonout
+from ..recording.report import Report
+from ..recording.writer import SIZE_LIMIT_DROP
 from .dashboard import Row, ascii_table, ascii_text
 
 MAX_FINDINGS = 50  # rows of the findings table (the JSON has them all)

@@ -6,9 +6,9 @@ import sys
 import time
 from typing import Optional, TextIO
 
-from ..model import Dashboard, Failure, Ready, Snapshot, total_failures
-from ..runner import StopFlag, run
-from ..sources import Source
+from ..model.failures import Failure, Ready, Snapshot
+from ..model.totals import Dashboard, total_failures
+from ..run import Source, StopFlag, run
 
 
 class StopAtEnd(StopFlag):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 from typing import Optional, TextIO
 
-from .. import jsonout
-from ..model import Dashboard, Failure, Ready, Snapshot
-from ..runner import run
-from ..sources import Source
+from ..model.failures import Failure, Ready, Snapshot
+from ..model.probes import attached_count
+from ..model.totals import Dashboard
+from ..recording import format as jsonout
+from ..run import Source, run
 from .lines import format_line
 
 
@@ -25,7 +26,7 @@ def run_watch(source: Source, *, duration: Optional[float], as_json: bool,
         if as_json:
             emit(jsonout.dumps(jsonout.ready_obj(r)))
         else:
-            attached = sum(1 for p in r.probes if p.status == "attached")
+            attached = attached_count(r.probes)
             others = [f"{p.name} {p.status}" for p in r.probes if p.status != "attached"]
             emit(f"memtrace {r.version} on {r.kernel}: {attached}/{len(r.probes)} probes attached"
                  + (f" ({', '.join(others)})" if others else "") + "; Ctrl-C to stop")

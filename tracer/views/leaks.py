@@ -7,9 +7,9 @@ import sys
 import time
 from typing import Any, Optional, TextIO
 
-from ..decoders import format_bytes
-from ..leaks import LeakProfile, StackStats
-from ..runner import StopFlag
+from ..model.decode import format_bytes
+from ..model.leaks import LeakProfile, StackStats
+from ..run import StopFlag
 
 SPARK = " ▁▂▃▄▅▆▇█"
 

@@ -1,33 +1,63 @@
-"""The tracing loop shared by every live command: start, poll, tick, stop cleanly, summarise."""
+"""The source protocol, a scripted source for tests, and the one polling loop every command
+runs: start, poll, tick, stop cleanly, summarise."""
 
 from __future__ import annotations
 
 import signal
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol, Sequence
 
-from .model import Failure, Ready, Snapshot
-from .sources import Source
+from .diagnose.diagnoser import Diagnoser
+from .model.failures import Failure, Filter, Ready, Snapshot
 
 
-class Diagnoser:
-    """Adds a cause to each failure, with evidence read right after it happened."""
+class Source(Protocol):
+    def start(self) -> Ready: ...
 
-    def __init__(self) -> None:
-        from .cgroups import CgroupResolver
-        from .evidence import EvidenceSampler
+    def poll(self, timeout: float = 0.1) -> list[Failure]: ...
 
-        self.sampler = EvidenceSampler(CgroupResolver())
+    def drain(self) -> list[Failure]: ...
 
-    def __call__(self, failures: list[Failure]) -> list[Failure]:
-        from . import diagnosis
+    def snapshot(self) -> Snapshot: ...
 
-        out = []
-        for f in failures:
-            if f.cause is None:
-                f = diagnosis.apply(f, diagnosis.diagnose(f, self.sampler.evidence_for(f)))
-            out.append(f)
+    def close(self) -> None: ...
+
+
+class FakeSource:
+    """A scripted source for tests: batches of failures handed out one per poll."""
+
+    def __init__(self, ready: Ready, batches: Sequence[Sequence[Failure]] = (),
+                 snapshots: Sequence[Snapshot] = (), filt: Optional[Filter] = None):
+        self.ready = ready
+        self.batches = [list(b) for b in batches]
+        self.snapshots = list(snapshots) or [Snapshot()]
+        self.filter = filt or Filter()
+        self.started = False
+        self.closed = False
+        self.polls = 0
+
+    def start(self) -> Ready:
+        self.started = True
+        return self.ready
+
+    def poll(self, timeout: float = 0.1) -> list[Failure]:
+        self.polls += 1
+        if not self.batches:
+            time.sleep(min(timeout, 0.01))
+            return []
+        return [f for f in self.batches.pop(0) if self.filter.failure(f)]
+
+    def drain(self) -> list[Failure]:
+        out = [f for b in self.batches for f in b if self.filter.failure(f)]
+        self.batches = []
         return out
+
+    def snapshot(self) -> Snapshot:
+        i = min(self.polls, len(self.snapshots) - 1)
+        return self.filter.snapshot(self.snapshots[i])
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class StopFlag:

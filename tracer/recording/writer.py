@@ -1,4 +1,4 @@
-"""Recordings: `memtrace record` writes the `watch --json` stream crash-safely; `report` reads it back."""
+"""`memtrace record`'s writer: the `watch --json` stream written so that a crash leaves a readable file."""
 
 from __future__ import annotations
 
@@ -6,19 +6,15 @@ import errno
 import os
 import re
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from . import jsonout
-from .model import Failure, Ready, Snapshot, summary_counts
-from .runner import run
-from .sources import RecordedSummary, RecordingReader, ReplayError, Source, Tally
+from ..errors import WriteError
+from ..model.failures import Failure, Ready, Snapshot
+from ..run import Source, run
+from . import format as jsonout
 
 SIZE_LIMIT_DROP = "recording_size_limit"  # the summary's "dropped" key for unwritten failures
 FSYNC_EVERY = 1.0  # seconds
-
-class WriteError(Exception):
-    """The recording cannot be written (the lines already written stay readable)."""
 
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*", re.I)
@@ -152,68 +148,3 @@ def run_record(source: Source, writer: RecordingWriter, *, duration: Optional[fl
 
     return run(source, duration=duration, on_ready=on_ready, on_failures=on_failures,
                on_tick=lambda s: writer.tick(), on_summary=writer.write_summary)
-
-
-# --------------------------------------------------------------------------- reading back
-
-
-@dataclass
-class Report:
-    """What `memtrace report` shows: the totals, the causes and the findings of a recording."""
-
-    path: str
-    ready: Optional[Ready]
-    counts: dict[str, Any]  # shaped like model.summary_counts()
-    counts_from: str  # "summary" (exact in-kernel totals) or "failure_lines"
-    dropped: Optional[dict[str, int]]  # from the summary; None without one
-    failure_lines: int
-    by_cause: dict[str, int]  # from the failure lines
-    findings: list[tuple[str, Failure]]  # the latest diagnosed failure per process/cgroup, newest first
-    problems: list[tuple[int, str]]  # (line, what was wrong): skipped lines
-    first: Optional[float] = None  # recorded time of the first and last failure
-    last: Optional[float] = None
-
-
-def finding_key(f: Failure) -> str:
-    """Whom a finding is about, as the dashboard names it."""
-    return f"pid {f.pid} ({f.comm})" if f.pid else f"cgroup {f.cgroup}"
-
-
-def build_report(path: str, reader: RecordingReader) -> Report:
-    """Read a whole recording, streaming (memory does not grow with its length); ReplayError
-    when not one line of it is a memtrace record."""
-    ready: Optional[Ready] = None
-    summary: Optional[RecordedSummary] = None
-    tally = Tally()
-    by_cause: dict[str, int] = {}
-    findings: dict[str, Failure] = {}
-    first: Optional[float] = None
-    last: Optional[float] = None
-    seen = False
-    for _n, rec in reader:
-        seen = True
-        if isinstance(rec, Ready):
-            ready = ready or rec
-        elif isinstance(rec, RecordedSummary):
-            summary = rec
-        else:
-            tally.add(rec)
-            first = rec.time if first is None else min(first, rec.time)
-            last = rec.time if last is None else max(last, rec.time)
-            if rec.cause:
-                by_cause[rec.cause] = by_cause.get(rec.cause, 0) + 1
-                who = finding_key(rec)
-                findings.pop(who, None)
-                findings[who] = rec  # re-inserted: newest last
-    if not seen:
-        raise ReplayError("no memtrace records in it")
-    if summary is not None:
-        counts, counts_from = dict(summary.counts), "summary"
-        dropped: Optional[dict[str, int]] = dict(summary.dropped)
-    else:
-        counts, counts_from, dropped = summary_counts(tally.snapshot()), "failure_lines", None
-    return Report(path=path, ready=ready, counts=counts, counts_from=counts_from,
-                  dropped=dropped, failure_lines=tally.events,
-                  by_cause=dict(sorted(by_cause.items(), key=lambda t: (-t[1], t[0]))),
-                  findings=list(findings.items())[::-1],
-                  problems=list(reader.problems), first=first, last=last)

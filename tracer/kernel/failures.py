@@ -1,21 +1,20 @@
-"""The live source: compiles and attaches the BPF programs with bcc, and turns what they report into model values.
-
-This is the only module that imports bcc."""
+"""The live failure source: loads bpf/memtrace.bpf.c, attaches the probe plan, and turns what
+the kernel reports (ring-buffer events, exact counters) into model values."""
 
 from __future__ import annotations
 
 import ctypes as ct
-import os
 import re
 import time
 from typing import Any, Callable, Optional
 
-from . import __version__, abi, decoders, host
-from .btf import load_vmlinux
-from .cgroups import CgroupResolver
-from .config import BuildOptions, Layout, cflags, read_layout
-from .memcg import MemcgWatcher
-from .model import (
+from .. import __version__
+from ..errors import HostError
+from ..host import system as host
+from ..host.cgroups import CgroupResolver
+from ..host.memcg import MemcgWatcher
+from ..model import decode as decoders
+from ..model.failures import (
     Failure,
     Filter,
     KernelCount,
@@ -26,8 +25,13 @@ from .model import (
     SyscallCount,
     TaskState,
 )
-from .probes import ATTACHED, CORE_PROBES, FAILED, PLAN, ProbeStatus, choose, kprobe_check
-from .unwind import ProcessUnwinders
+from ..model.probes import ATTACHED, FAILED, ProbeStatus
+from ..unwind.unwinder import ProcessUnwinders
+from . import abi
+from .btf import load_vmlinux
+from .build import BuildOptions, Layout, cflags, read_layout
+from .loader import Loaded, load
+from .probes import CORE_PROBES, PLAN, choose, kprobe_check
 
 Log = Callable[[str], None]
 
@@ -65,20 +69,7 @@ def task_state(t: abi.TaskEvidence, unmapped_area_failed: bool, page_size: int =
         unmapped_area_failed=unmapped_area_failed)
 
 
-class _Loaded:
-    """A compiled BPF object (bcc) that close() detaches and frees, once."""
-
-    bpf: Any = None
-
-    def close(self) -> None:
-        if self.bpf is not None:
-            try:
-                self.bpf.cleanup()
-            finally:
-                self.bpf = None
-
-
-class LiveSource(_Loaded):
+class LiveSource(Loaded):
     """Failures as the running kernel reports them."""
 
     def __init__(self, filt: Optional[Filter] = None, log: Optional[Log] = None,
@@ -102,7 +93,7 @@ class LiveSource(_Loaded):
         host.ensure_tracefs(self.log)
         host.prepare_headers(self.log)
         if not host.btf_available():
-            raise host.HostError(
+            raise HostError(
                 "this kernel has no BTF (/sys/kernel/btf/vmlinux): memtrace needs it to read "
                 "struct layouts (CONFIG_DEBUG_INFO_BTF=y)")
         btf = load_vmlinux()
@@ -116,18 +107,8 @@ class LiveSource(_Loaded):
             options = BuildOptions(families=families, ringbuf_pages=options.ringbuf_pages,
                                    counter_entries=options.counter_entries,
                                    stack_entries=options.stack_entries, extra=options.extra)
-        flags = cflags(self.layout, options, abi.bpf_dir())
-        try:
-            from bcc import BPF  # the one bcc import
-        except ImportError as e:
-            raise host.HostError(
-                "bcc's Python bindings are missing: install python3-bpfcc (sudo make setup)"
-            ) from e
-        src = str(abi.bpf_dir() / "memtrace.bpf.c")
-        try:
-            self.bpf = BPF(src_file=src.encode(), cflags=flags)
-        except Exception as e:  # bcc raises bare Exception on compile/load errors
-            raise host.HostError(f"could not compile or load memtrace's BPF programs: {e}") from e
+        flags = cflags(self.layout, options)
+        self.bpf = load("memtrace.bpf.c", flags, "memtrace's BPF programs")
 
         statuses: dict[str, ProbeStatus] = dict(unavailable)
         for spec in PLAN:
@@ -152,7 +133,7 @@ class LiveSource(_Loaded):
         if missing:
             why = "; ".join(f"{n}: {statuses[n].reason}" for n in missing if n in statuses)
             self.close()
-            raise host.HostError(f"core probes did not attach ({why})")
+            raise HostError(f"core probes did not attach ({why})")
 
         self.resolver = CgroupResolver()
         self.memcg = MemcgWatcher(self.resolver)
@@ -371,273 +352,3 @@ class LiveSource(_Loaded):
                 drops[name] = int(sum(v))
         memcg = tuple(MemcgCount(c, ev, n) for c, ev, n in self.memcg.totals())
         return self.filter.snapshot(Snapshot(tuple(syscalls), tuple(kernel), memcg, drops))
-
-# ======================================================================== leak profiling
-
-class LeakSource(_Loaded):
-    """`memtrace leaks`: the leak profiler's probes on chosen processes (bpf/leaks.bpf.c)."""
-
-    def __init__(self, pids: list[int], mode: str, *, log: Optional[Log] = None,
-                 fault_period: int = 64, sample: int = 1, min_size: int = 0,
-                 max_size: Optional[int] = None, min_age: float = 0.0):
-        from .leaks import LeakProfile
-
-        self.pids = list(dict.fromkeys(pids))
-        if len(self.pids) > 4:
-            raise host.HostError("memtrace leaks follows at most 4 processes given with -p "
-                                 "(their children are followed automatically)")
-        self.mode = mode
-        self.log = log or (lambda msg: None)
-        self.fault_period = fault_period
-        self.sample = sample
-        self.min_size = min_size
-        self.min_age = min_age
-        self.max_size = max_size
-        self.profile = LeakProfile(mode, self.pids)
-        self.bpf: Any = None
-        self.live: set[int] = set(self.pids)
-        self.unwinders = ProcessUnwinders()
-        self._key_frames: dict[tuple[int, int, int], tuple[str, ...]] = {}
-        self._attached: dict[int, set[str]] = {}
-        self._clock_offset = time.time() - time.monotonic()
-
-    def start(self) -> list[str]:
-        host.require_root("leak profiling")
-        for pid in self.pids:
-            if not os.path.exists(f"/proc/{pid}"):
-                raise host.HostError(f"no such process: {pid}")
-        host.prepare_headers(self.log)
-        layout = read_layout(load_vmlinux())
-        defines = dict(layout.defines)
-        for name in ("mmap", "munmap", "mremap", "brk"):
-            defines[f"MT_NR_{name.upper()}"] = decoders.syscall_number(name)
-        for i in range(4):
-            defines[f"LK_PID{i}"] = self.pids[i] if i < len(self.pids) else 0
-        defines["LK_FAULT_PERIOD"] = self.fault_period
-        defines["LK_SAMPLE"] = self.sample
-        defines["LK_MIN_SIZE"] = self.min_size
-        if self.max_size is not None:
-            defines["LK_MAX_SIZE"] = self.max_size
-        flags = [f"-I{abi.bpf_dir()}", "-Wno-macro-redefined"]
-        flags += [f"-D{k}={v}" for k, v in sorted(defines.items())]
-        flags.append("-DLK_MODE_GROWTH=1" if self.mode == "growth" else "-DLK_MODE_MALLOC=1")
-        try:
-            from bcc import BPF
-        except ImportError as e:
-            raise host.HostError("bcc's Python bindings are missing: install python3-bpfcc") from e
-        try:
-            self.bpf = BPF(src_file=str(abi.bpf_dir() / "leaks.bpf.c").encode(), cflags=flags)
-        except Exception as e:
-            raise host.HostError(f"could not compile or load the leak profiler: {e}") from e
-        attached = []
-        hooks = [("sched_process_fork", "lk_fork"), ("sched_process_exec", "lk_exec"),
-                 ("sched_process_exit", "lk_exit")]
-        if self.mode == "growth":
-            hooks += [("sys_exit", "lk_sys_exit"), ("page_fault_user", "lk_page_fault")]
-        for tp, fn in hooks:
-            try:
-                self.bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=fn.encode())
-                attached.append(tp)
-            except Exception as e:
-                self.close()
-                raise host.HostError(f"could not attach to {tp}: {e}") from e
-        for pid in self.pids:
-            self._unwinder(pid, refresh=True)
-            if self.mode == "growth":
-                self._seed_break(pid)
-            else:
-                attached += self._attach_allocator(pid)
-        self.bpf[b"events"].open_ring_buffer(self._on_event)
-        return attached
-
-    # -- set-up helpers -------------------------------------------------------------------
-    def _seed_break(self, pid: int) -> None:
-        """The heap's current end, so the first brk after attaching counts its growth."""
-        try:
-            for line in open(f"/proc/{pid}/maps"):
-                if line.rstrip().endswith("[heap]"):
-                    end = int(line.split()[0].split("-")[1], 16)
-                    self.bpf[b"brk_last"][ct.c_uint32(pid)] = ct.c_uint64(end)
-        except OSError:
-            pass
-
-    def _allocator_modules(self, pid: int) -> list[str]:
-        from .leaks import ALLOCATOR_LIBRARIES
-
-        paths: list[str] = []
-        try:
-            for line in open(f"/proc/{pid}/maps"):
-                parts = line.split()
-                if len(parts) >= 6 and "x" in parts[1] and parts[5].startswith("/"):
-                    path = parts[5]
-                    base = os.path.basename(path)
-                    if any(base.startswith(lib) for lib in ALLOCATOR_LIBRARIES) and path not in paths:
-                        paths.append(path)
-        except OSError:
-            pass
-        # An allocator that interposes (jemalloc, tcmalloc) takes the calls: probe it first.
-        paths.sort(key=lambda p: 0 if "libc" not in os.path.basename(p) else 1)
-        return paths
-
-    def _attach_allocator(self, pid: int) -> list[str]:
-        from .leaks import ALLOCATORS, FREE
-        from .unwind import defined_functions, first_argument_probe_offset
-
-        done = self._attached.setdefault(pid, set())
-        out = []
-        for path in self._allocator_modules(pid):
-            real = f"/proc/{pid}/root{path}"
-            target = real if os.path.exists(real) else path
-            names = defined_functions(target, (*ALLOCATORS, FREE))
-            seen_addresses: set[int] = set()
-            for name in (*ALLOCATORS, FREE):
-                addr = names.get(name)
-                if addr is None or addr in seen_addresses or f"{path}:{name}" in done:
-                    continue
-                seen_addresses.add(addr)
-                fn = "lk_free" if name == FREE else f"lk_{name}"
-                # free only reads its argument: probe past a leading `test %rdi,%rdi`,
-                # which the kernel would single-step on every call (a costly trap).
-                off = first_argument_probe_offset(target, addr) if name == FREE else 0
-                self.bpf.attach_uprobe(name=target.encode(), sym=name.encode(), sym_off=off,
-                                       fn_name=fn.encode(), pid=pid)
-                if name != FREE:
-                    self.bpf.attach_uretprobe(name=target.encode(), sym=name.encode(),
-                                              fn_name=b"lk_alloc_return", pid=pid)
-                done.add(f"{path}:{name}")
-                out.append(f"{os.path.basename(path)}:{name}")
-            if any(n.startswith(os.path.basename(path)) for n in out) and "libc" not in path:
-                break  # the interposing allocator is enough
-        if not out and self.mode == "malloc":
-            self.log(f"memtrace: warning: no allocator found in pid {pid}'s libraries")
-        return out
-
-    def _unwinder(self, pid: int, refresh: bool = False) -> Any:
-        return self.unwinders.get(pid, refresh)
-
-    # -- events ---------------------------------------------------------------------------
-    def poll(self, timeout: float = 0.1) -> None:
-        assert self.bpf is not None
-        self.bpf.ring_buffer_poll(int(timeout * 1000))
-
-    def drain(self) -> None:
-        assert self.bpf is not None
-        self.bpf.ring_buffer_consume()
-
-    def _frames(self, e: Any) -> tuple[str, ...]:
-        if not e.stack_len:
-            return (f"0x{e.ip:x}",) if e.ip else ("[no stack]",)
-        u = self._unwinder(e.pid)
-        stack = ct.string_at(ct.addressof(e.stack), e.stack_len)
-        rows = u.frames_with_source(e.ip, e.sp, e.bp, stack)
-        if rows and "[unknown]" in rows[0][0]:
-            u = self._unwinder(e.pid, refresh=True)  # a library loaded since we last looked
-            rows = u.frames_with_source(e.ip, e.sp, e.bp, stack)
-        frames = tuple(text for text, _ in rows)
-        self.profile.sources.setdefault(frames, tuple(src for _, src in rows))
-        return frames
-
-    def _on_event(self, _ctx: Any, data: Any, _size: int) -> None:
-        e = ct.cast(data, ct.POINTER(abi.LeakEvent)).contents
-        try:
-            self._handle(e)
-        except Exception as exc:
-            self.log(f"memtrace: could not decode a leak event: {exc}")
-
-    def _handle(self, e: Any) -> None:
-        from .leaks import ALLOCATORS, AllocFailure
-
-        p = self.profile
-        kind = e.kind
-        if kind == abi.LK_EV_FORK:
-            child = int(e.child_pid)
-            self.live.add(child)
-            p.pids = sorted(set(p.pids) | {child})
-            self._unwinder(child, refresh=True)
-            if self.mode == "malloc":
-                self._attach_allocator(child)
-            return
-        if kind == abi.LK_EV_EXEC:
-            self._unwinder(int(e.pid), refresh=True)
-            if self.mode == "malloc":
-                self._attach_allocator(int(e.pid))
-            return
-        if kind == abi.LK_EV_EXIT:
-            self.live.discard(int(e.pid))
-            p.exited.add(int(e.pid))
-            return
-        pid = int(e.pid)
-        if kind == abi.LK_EV_MMAP:
-            p.grow(pid, int(e.addr), int(e.len), self._frames(e))
-        elif kind == abi.LK_EV_MUNMAP or kind == abi.LK_EV_BRK_SHRINK:
-            p.shrink(pid, int(e.addr), int(e.len))
-        elif kind == abi.LK_EV_MREMAP:
-            p.move(pid, int(e.old_addr), int(e.old_len), int(e.addr), int(e.len),
-                   self._frames(e))
-        elif kind == abi.LK_EV_BRK:
-            p.grow(pid, int(e.addr), int(e.len), self._frames(e))
-        elif kind == abi.LK_EV_FAULT:
-            p.touched(pid, int(e.addr), self._frames(e), int(e.weight))
-        elif kind == abi.LK_EV_STACK:
-            key = (int(e.key.pid), int(e.key.stack_id), int(e.key.caller))
-            self._key_frames.setdefault(key, self._frames(e))
-        elif kind == abi.LK_EV_ALLOC_FAIL:
-            key = (int(e.key.pid), int(e.key.stack_id), int(e.key.caller))
-            fn = ALLOCATORS[e.fn] if e.fn < len(ALLOCATORS) else str(e.fn)
-            p.failed(AllocFailure(self._clock_offset + e.ts_ns / 1e9, pid, fn, int(e.len),
-                                  self._key_frames.get(key) or self._fp_frames(key)))
-
-    def _fp_frames(self, key: tuple[int, int, int]) -> tuple[str, ...]:
-        """Frames from the frame-pointer stack and the caller, when no copy was kept."""
-        pid, stack_id, caller = key
-        u = self._unwinder(pid)
-        out = []
-        addrs: list[int] = []
-        if stack_id >= 0:
-            try:
-                addrs = list(self.bpf[b"stacks"].walk(stack_id))
-            except KeyError:
-                addrs = []
-        if addrs:
-            out.append(u.format(addrs[0], first=True))
-        if caller:
-            out.append(u.format(caller))
-        out += [u.format(a) for a in addrs[1:]]
-        return tuple(out) or ("[unknown]",)
-
-    def refresh(self) -> None:
-        """Malloc mode: outstanding bytes by stack, from the kernel's exact counters."""
-        if self.mode != "malloc" or self.bpf is None:
-            return
-        p = self.profile
-        p.reset_outstanding()
-        if self.min_age > 0:
-            # Only allocations older than --min-age: walk the outstanding ones (costs a
-            # pass over the allocation map per interval, unlike the per-stack totals).
-            cutoff = time.monotonic_ns() - int(self.min_age * 1e9)
-            old: dict[tuple[int, int, int], list[int]] = {}
-            for a in self.bpf[b"allocs"].values():
-                if a.ts_ns <= cutoff:
-                    key = (int(a.key.pid), int(a.key.stack_id), int(a.key.caller))
-                    acc = old.setdefault(key, [0, 0])
-                    acc[0] += int(a.size)
-                    acc[1] += 1
-            for key, (nbytes, count) in old.items():
-                frames = self._key_frames.get(key) or self._fp_frames(key)
-                p.set_outstanding(frames, nbytes, count)
-        else:
-            for k, v in self.bpf[b"stats"].items():
-                key = (int(k.pid), int(k.stack_id), int(k.caller))
-                frames = self._key_frames.get(key) or self._fp_frames(key)
-                p.set_outstanding(frames, int(v.bytes), int(v.count))
-        n = self.bpf[b"failures"][ct.c_int(0)].value
-        p.failure_count = max(p.failure_count, int(n))
-
-    def read_drops(self) -> None:
-        if self.bpf is None:
-            return
-        names = abi.LEAK_DROP_NAMES
-        for k, v in self.bpf[b"drops"].items():
-            name = names.get(int(k.value))
-            if name:
-                self.profile.drops[name] = int(sum(v))

@@ -1,12 +1,13 @@
-"""The one function that turns the running kernel's BTF and the user's options into -D flags."""
+"""One build for every BPF program: the running kernel's BTF and the user's options turned into
+bcc's -D flags (bpf/memtrace.bpf.c and bpf/leaks.bpf.c share the layout and the header)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterable, Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
-from . import decoders
+from ..model import decode as decoders
+from . import abi
 from .btf import Btf, BtfError
 
 # pt_regs members the BPF side reads (the syscall's saved user registers).
@@ -109,11 +110,21 @@ class BuildOptions:
     extra: Mapping[str, int] = field(default_factory=dict)
 
 
-def cflags(layout: Layout, options: BuildOptions, bpf_dir: Path) -> list[str]:
-    flags = [f"-I{bpf_dir}", "-Wno-macro-redefined", "-Wno-unused-function"]
+def _flags(defines: Mapping[str, int], switches: Sequence[str]) -> list[str]:
+    flags = [f"-I{abi.bpf_dir()}", "-Wno-macro-redefined", "-Wno-unused-function"]
+    flags += [f"-D{name}={value}" for name, value in sorted(defines.items())]
+    flags += [f"-D{name}=1" for name in switches]
+    return flags
+
+
+def _syscall_numbers(names: Sequence[str]) -> dict[str, int]:
+    return {f"MT_NR_{name.upper()}": decoders.syscall_number(name) for name in names}
+
+
+def cflags(layout: Layout, options: BuildOptions) -> list[str]:
+    """Flags for bpf/memtrace.bpf.c: the failure tracer."""
     defines = dict(layout.defines)
-    for name in _SYSCALLS:
-        defines[f"MT_NR_{name.upper()}"] = decoders.syscall_number(name)
+    defines.update(_syscall_numbers(_SYSCALLS))
     gfp = decoders.GfpDecoder(layout.gfp_bits) if layout.gfp_bits else decoders.GfpDecoder.default()
     defines["MT_GFP_OPPORTUNISTIC_MASK"] = gfp.mask("__GFP_NOWARN") | gfp.mask("__GFP_NORETRY")
     if options.ringbuf_pages:
@@ -123,14 +134,20 @@ def cflags(layout: Layout, options: BuildOptions, bpf_dir: Path) -> list[str]:
     if options.stack_entries:
         defines["MT_STACK_ENTRIES"] = options.stack_entries
     defines.update(options.extra)
-    for name, value in sorted(defines.items()):
-        flags.append(f"-D{name}={value}")
-    for feature in sorted(layout.features):
-        flags.append(f"-D{feature}=1")
-    for family in sorted(options.families):
-        flags.append(f"-DMT_PROBE_{family}=1")
-    return flags
+    switches = sorted(layout.features) + [f"MT_PROBE_{f}" for f in sorted(options.families)]
+    return _flags(defines, switches)
 
 
-def families_for(probe_families: Iterable[str]) -> frozenset[str]:
-    return frozenset(f for f in probe_families if f)
+def leak_cflags(layout: Layout, pids: Sequence[int], mode: str, *, fault_period: int,
+                sample: int, min_size: int, max_size: Optional[int]) -> list[str]:
+    """Flags for bpf/leaks.bpf.c: the leak profiler of up to 4 processes."""
+    defines = dict(layout.defines)
+    defines.update(_syscall_numbers(("mmap", "munmap", "mremap", "brk")))
+    for i in range(4):
+        defines[f"LK_PID{i}"] = pids[i] if i < len(pids) else 0
+    defines["LK_FAULT_PERIOD"] = fault_period
+    defines["LK_SAMPLE"] = sample
+    defines["LK_MIN_SIZE"] = min_size
+    if max_size is not None:
+        defines["LK_MAX_SIZE"] = max_size
+    return _flags(defines, ["LK_MODE_GROWTH" if mode == "growth" else "LK_MODE_MALLOC"])

@@ -9,15 +9,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, TextIO
 
-from .model import Failure, Ready, Snapshot
-from .runner import run
-from .sources import Source
+from ..errors import ListenError
+from ..model.failures import Failure, Ready, Snapshot
+from ..model.probes import attached_count
+from ..run import Source, run
 
 OTHER = "other"  # the label value that stands for everything cut by a cardinality bound
-
-
-class ListenError(Exception):
-    """The metrics address cannot be used, with a one-line message."""
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -221,7 +218,7 @@ def run_export(source: Source, *, listen: str, max_cgroups: int = 50, per_proces
             state.ready = r
         srv = start_http_server(port, addr=host, registry=registry)
         server.append(srv)
-        attached = sum(1 for p in r.probes if p.status == "attached")
+        attached = attached_count(r.probes)
         say(f"memtrace export: {attached}/{len(r.probes)} probes attached; metrics on "
             f"http://{host}:{port}/metrics")
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-ATTACHED = "attached"
-UNAVAILABLE = "unavailable"
-FAILED = "failed"
+from ..model.probes import UNAVAILABLE, ProbeStatus
 
 
 @dataclass(frozen=True)
 class Candidate:
-    via: str  # "raw_tp" (the only kind the BPF side implements today), "poll"
+    via: str  # "raw_tp" (raw tracepoint), "kretprobe" (kernel decision points), "poll"
     target: str  # tracepoint name, or what is polled
     fn: str = ""  # BPF function name
     params: Sequence[str] = ()  # expected raw-tracepoint parameter kinds: "*" pointer, "n" number
@@ -25,17 +23,6 @@ class ProbeSpec:
     core: bool  # memtrace is useless without it
     what: str
     candidates: Sequence[Candidate]
-
-
-@dataclass(frozen=True)
-class ProbeStatus:
-    name: str
-    status: str  # attached | unavailable | failed
-    via: Optional[str]
-    reason: str
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "status": self.status, "via": self.via, "reason": self.reason}
 
 
 PLAN: tuple[ProbeSpec, ...] = (

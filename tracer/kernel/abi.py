@@ -9,8 +9,8 @@ from pathlib import Path
 
 def bpf_dir() -> Path:
     """The BPF C sources: inside the wheel (tracer/bpf) or beside the package (a checkout)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "bpf", here.parent / "bpf"):
+    package = Path(__file__).resolve().parent.parent  # tracer/
+    for candidate in (package / "bpf", package.parent / "bpf"):
         if (candidate / "memtrace.h").is_file():
             return candidate
     raise FileNotFoundError("memtrace's BPF sources (bpf/memtrace.h) are missing from the install")

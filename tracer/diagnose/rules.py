@@ -7,9 +7,19 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from .decoders import format_bytes
-from .evidence import CgroupState, HostState
-from .model import Failure, KernelFailure
+from ..host.state import CgroupState, HostState
+from ..model.decode import format_bytes
+from ..model.failures import Failure, KernelFailure
+from .evidence import Evidence
+from .requests import (
+    COMMIT_SYSCALLS,
+    GROWING_SYSCALLS,
+    MLOCK_SYSCALLS,
+    ONLY_RANGE_SYSCALLS,
+    RANGE_SYSCALLS,
+    SPLITTING_SYSCALLS,
+    request_bytes,
+)
 
 CAUSES = ("rlimit_as", "rlimit_data", "rlimit_memlock", "overcommit", "max_map_count",
           "address_space", "memcg_limit", "fragmentation", "exhaustion", "bad_range",
@@ -21,29 +31,7 @@ CONFIRMED = "confirmed"  # the kernel said so itself (its own message at the dec
 KMALLOC_MAX_ORDER = 10  # PAGE_SIZE << MAX_PAGE_ORDER is the largest kmalloc (SLUB, x86-64)
 MAX_PAGE_ORDER = 10
 
-# Syscalls that return ENOMEM when their range is not fully mapped.
-RANGE_SYSCALLS = {"mprotect", "pkey_mprotect", "madvise", "mlock", "mlock2", "munlock",
-                  "mincore", "msync", "process_madvise"}
-# Syscalls that only ever say ENOMEM for an unmapped range.
-ONLY_RANGE_SYSCALLS = {"mincore", "msync", "munlock"}
-# Syscalls that can split a mapping (and so hit vm.max_map_count).
-SPLITTING_SYSCALLS = {"mmap", "munmap", "mprotect", "pkey_mprotect", "mremap", "mlock", "mlock2",
-                      "munlock", "madvise", "brk", "shmat", "mlockall", "process_madvise"}
-GROWING_SYSCALLS = {"mmap", "mremap", "brk", "shmat"}
-COMMIT_SYSCALLS = {"mmap", "mremap", "brk", "mprotect", "pkey_mprotect", "fork", "vfork",
-                   "clone", "clone3", "shmget", "shmat"}
-MLOCK_SYSCALLS = {"mlock", "mlock2", "mlockall", "shmctl"}
-
 _VM_ENOUGH = re.compile(r"__vm_enough_memory: pid: (\d+), comm: (.*?), bytes: (\d+)")
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """Everything the rules may look at besides the failure itself."""
-
-    host: HostState
-    cgroup: Optional[CgroupState] = None
-    range_mapped: Optional[bool] = None  # for range syscalls: was the whole range mapped?
 
 
 @dataclass(frozen=True)
@@ -59,19 +47,6 @@ Rule = Callable[[Failure, Evidence], Optional[Finding]]
 
 def _b(n: Optional[int]) -> str:
     return "unlimited" if n is None else format_bytes(n)
-
-
-def request_bytes(f: Failure) -> int:
-    """How much the syscall asked to add (0 when it asked for nothing new)."""
-    a = f.args
-    if f.syscall == "mremap":
-        return max(int(a.get("new_size", 0)) - int(a.get("old_size", 0)), 0)
-    if f.syscall == "brk":
-        return int(f.size or 0)
-    for key in ("length", "size"):
-        if key in a:
-            return int(a[key])
-    return int(f.size or 0)
 
 
 def _flags(f: Failure, key: str = "flags") -> set[str]:

@@ -137,12 +137,3 @@ class CgroupResolver:
                 return h, rel
         where = ", ".join(str(h.mount) for h in self.hierarchies) or "no cgroup mounts"
         raise LookupError(f"no such cgroup: {given} (looked in {where})")
-
-
-def path_matches(path: Optional[str], wanted: str) -> bool:
-    """True when path is the wanted cgroup or below it."""
-    if path is None:
-        return False
-    if wanted == "/":
-        return True
-    return path == wanted or path.startswith(wanted.rstrip("/") + "/")

@@ -10,13 +10,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import HostError
+
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 TRACEFS = Path("/sys/kernel/tracing")
 HEADERS_CACHE = Path("/run/memtrace/kernel-headers")
-
-
-class HostError(Exception):
-    """A problem with the host that stops memtrace, with a one-line message for the user."""
 
 
 def is_root() -> bool:

@@ -1,18 +1,12 @@
-"""Host-wide evidence read from /proc and cgroup files right after a failure (cached briefly)."""
+"""Readers of host-wide memory state: /proc/meminfo, sysctls, buddyinfo, zoneinfo, a memory
+cgroup's usage and limit, a process's mappings."""
 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Optional
-
-from .cgroups import CgroupResolver
-from .model import Failure
-
-if TYPE_CHECKING:
-    from .diagnosis import Evidence
+from typing import Mapping, Optional
 
 
 @dataclass(frozen=True)
@@ -114,7 +108,7 @@ def read_host_state(proc: str = "/proc") -> HostState:
     )
 
 
-def _limit(text: str) -> Optional[int]:
+def parse_limit(text: str) -> Optional[int]:
     text = text.strip()
     if not text or text == "max":
         return None
@@ -126,10 +120,10 @@ def read_cgroup_state(directory: Path, path: str, version: int) -> Optional[Cgro
     try:
         if version == 2:
             usage = int((directory / "memory.current").read_text())
-            limit = _limit((directory / "memory.max").read_text())
+            limit = parse_limit((directory / "memory.max").read_text())
             return CgroupState(path, 2, usage, limit)
         usage = int((directory / "memory.usage_in_bytes").read_text())
-        limit = _limit((directory / "memory.limit_in_bytes").read_text())
+        limit = parse_limit((directory / "memory.limit_in_bytes").read_text())
         failcnt = int((directory / "memory.failcnt").read_text())
         return CgroupState(path, 1, usage, limit, failcnt)
     except (OSError, ValueError):
@@ -158,45 +152,3 @@ def range_mapped(pid: int, start: int, length: int, proc: str = "/proc") -> Opti
         if pos >= end:
             return True
     return pos >= end
-
-
-class EvidenceSampler:
-    """Reads host and cgroup evidence at most every `ttl` seconds (failures come in bursts)."""
-
-    def __init__(self, resolver: Optional[CgroupResolver] = None, ttl: float = 0.5,
-                 clock: Callable[[], float] = time.monotonic):
-        self.resolver = resolver
-        self.ttl = ttl
-        self.clock = clock
-        self._host: Optional[HostState] = None
-        self._host_at = 0.0
-        self._cgroups: dict[str, tuple[float, Optional[CgroupState]]] = {}
-
-    def host(self) -> HostState:
-        now = self.clock()
-        if self._host is None or now - self._host_at > self.ttl:
-            self._host = read_host_state()
-            self._host_at = now
-        return self._host
-
-    def cgroup(self, path: Optional[str]) -> Optional[CgroupState]:
-        if not path or self.resolver is None:
-            return None
-        h = self.resolver.memory_hierarchy
-        if h is None:
-            return None
-        now = self.clock()
-        hit = self._cgroups.get(path)
-        if hit is None or now - hit[0] > self.ttl:
-            state = read_cgroup_state(h.mount / path.lstrip("/"), path, h.version)
-            self._cgroups[path] = (now, state)
-            return state
-        return hit[1]
-
-    def evidence_for(self, f: Failure) -> Evidence:
-        from .diagnosis import RANGE_SYSCALLS, Evidence, request_bytes
-
-        mapped = None
-        if f.kind == "syscall" and f.syscall in RANGE_SYSCALLS and "addr" in f.args:
-            mapped = range_mapped(f.pid, int(f.args["addr"]), request_bytes(f))
-        return Evidence(self.host(), self.cgroup(f.cgroup), mapped)

@@ -1,152 +1,20 @@
-"""Plain values memtrace reasons about (failures, exact counters, probe status) and pure aggregation."""
+"""Pure aggregation of model values: totals by process, cgroup, syscall and order; the
+dashboard's state; totals rebuilt from failure events or from a summary's counts."""
 
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass, field
-from typing import Any, Deque, Iterable, Mapping, Optional, Sequence
+from typing import Any, Deque, Iterable, Iterator, Mapping, Optional, Sequence
 
-from .cgroups import path_matches
-from .probes import ProbeStatus
-
-KINDS = ("syscall", "page_alloc", "slab", "vmalloc", "percpu", "oom_kill", "memcg")
-KERNEL_KINDS = ("page_alloc", "slab", "vmalloc", "percpu")
-
-
-@dataclass(frozen=True)
-class KernelFailure:
-    """A kernel-side allocation failure that happened inside a syscall."""
-
-    kind: str
-    size: Optional[int]
-    order: Optional[int]
-    gfp: Optional[str]
-    opportunistic: bool
-    cache: Optional[str] = None
-    kernel_stack: tuple[str, ...] = ()
-    ts_ns: int = 0
-
-
-@dataclass(frozen=True)
-class TaskState:
-    """The failing task's memory and limits, captured in the kernel at the failure."""
-
-    total_vm: int  # bytes
-    data_vm: int  # bytes
-    locked_vm: int  # bytes
-    pinned_vm: int  # bytes
-    map_count: int
-    rlim_as: Optional[int]  # bytes; None = unlimited
-    rlim_data: Optional[int]
-    rlim_memlock: Optional[int]
-    cap_ipc_lock: bool  # CAP_IPC_LOCK: RLIMIT_MEMLOCK does not apply
-    mlock_future: bool  # mlockall(MCL_FUTURE): new mappings are locked
-    unmapped_area_failed: bool = False  # the search for a free virtual range failed
-
-
-@dataclass(frozen=True)
-class Failure:
-    """One allocation failure, as every view sees it."""
-
-    time: float  # seconds since the epoch
-    kind: str
-    pid: int
-    tid: int
-    comm: str
-    cgroup: Optional[str]
-    cgroup_id: int
-    syscall: Optional[str] = None
-    errno: Optional[str] = None
-    size: Optional[int] = None
-    order: Optional[int] = None
-    gfp: Optional[str] = None
-    cause: Optional[str] = None
-    user_stack: tuple[str, ...] = ()
-    kernel_stack: tuple[str, ...] = ()
-    args: Mapping[str, Any] = field(default_factory=dict)
-    opportunistic: bool = False
-    linked: tuple[KernelFailure, ...] = ()  # kernel failures inside this syscall
-    detail: Mapping[str, Any] = field(default_factory=dict)  # kind-specific facts
-    ts_ns: int = 0  # the kernel's monotonic clock; orders events from one source
-    task: Optional[TaskState] = None  # syscall failures: limits at the moment of failure
-    explanation: Optional[str] = None  # the diagnosis: one actionable sentence
-    evidence: Mapping[str, Any] = field(default_factory=dict)  # the numbers behind `cause`
-    confidence: Optional[str] = None  # "confirmed" (kernel decision point) or "inferred"
-
-
-@dataclass(frozen=True)
-class SyscallCount:
-    pid: int
-    comm: str
-    cgroup: Optional[str]
-    syscall: str
-    errno: Optional[str]  # None for brk's silent failure
-    count: int
-
-
-@dataclass(frozen=True)
-class KernelCount:
-    pid: int
-    comm: str
-    cgroup: Optional[str]
-    kind: str
-    order: Optional[int]
-    gfp: Optional[str]
-    opportunistic: bool
-    count: int
-
-
-@dataclass(frozen=True)
-class MemcgCount:
-    cgroup: str
-    event: str  # max, oom, oom_kill (v2 memory.events), failcnt, under_oom (v1)
-    count: int  # increase since memtrace started
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The exact in-kernel totals at one moment, already filtered."""
-
-    syscalls: tuple[SyscallCount, ...] = ()
-    kernel: tuple[KernelCount, ...] = ()
-    memcg: tuple[MemcgCount, ...] = ()
-    drops: Mapping[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Ready:
-    version: str
-    kernel: str
-    probes: tuple[ProbeStatus, ...]
-    notes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Filter:
-    pids: frozenset[int] = frozenset()
-    cgroup: Optional[str] = None  # hierarchy-relative path; matches descendants too
-    comm: Optional[str] = None
-
-    def matches(self, pid: int, comm: str, cgroup: Optional[str]) -> bool:
-        if self.pids and pid not in self.pids:
-            return False
-        if self.comm is not None and comm != self.comm:
-            return False
-        if self.cgroup is not None and not path_matches(cgroup, self.cgroup):
-            return False
-        return True
-
-    def failure(self, f: Failure) -> bool:
-        return self.matches(f.pid, f.comm, f.cgroup)
-
-    def snapshot(self, s: Snapshot) -> Snapshot:
-        return Snapshot(
-            tuple(c for c in s.syscalls if self.matches(c.pid, c.comm, c.cgroup)),
-            tuple(c for c in s.kernel if self.matches(c.pid, c.comm, c.cgroup)),
-            tuple(c for c in s.memcg
-                  if self.cgroup is None or path_matches(c.cgroup, self.cgroup)),
-            s.drops,
-        )
+from .failures import (
+    KINDS,
+    Failure,
+    KernelCount,
+    MemcgCount,
+    Ready,
+    Snapshot,
+    SyscallCount,
+)
 
 
 def is_failure_count(c: KernelCount) -> bool:
@@ -290,3 +158,101 @@ class Dashboard:
 
     def latest(self, n: int) -> Sequence[Failure]:
         return list(self.recent)[-n:]
+
+
+class Tally:
+    """Totals built from failure events, e.g. a recording's failure lines. Every kernel
+    failure event is a failure (an opportunistic attempt only becomes an event when the
+    syscall it happened in failed); attempts that never did are not in events at all."""
+
+    def __init__(self) -> None:
+        self._syscalls: dict[tuple[int, str, Optional[str], str, Optional[str]], int] = {}
+        self._kernel: dict[tuple[int, str, Optional[str], str, Optional[int], Optional[str]],
+                           int] = {}
+        self._memcg: dict[tuple[str, str], int] = {}
+        self.events = 0
+
+    def add(self, f: Failure) -> None:
+        self.events += 1
+        if f.kind == "syscall":
+            key = (f.pid, f.comm, f.cgroup, f.syscall or "?", f.errno)
+            self._syscalls[key] = self._syscalls.get(key, 0) + 1
+        elif f.kind == "memcg":
+            event, increase = f.detail.get("event"), f.detail.get("increase")
+            if isinstance(event, str) and isinstance(increase, int):
+                mkey = (f.cgroup or "?", event)
+                self._memcg[mkey] = self._memcg.get(mkey, 0) + int(increase)
+        else:
+            kkey = (f.pid, f.comm, f.cgroup, f.kind,
+                    f.order if f.kind == "page_alloc" else None,
+                    f.gfp if f.kind in ("page_alloc", "slab") else None)
+            self._kernel[kkey] = self._kernel.get(kkey, 0) + 1
+
+    def snapshot(self, drops: Optional[Mapping[str, int]] = None) -> Snapshot:
+        return Snapshot(
+            tuple(SyscallCount(p, c, cg, s, e, n) for (p, c, cg, s, e), n in self._syscalls.items()),
+            tuple(KernelCount(p, c, cg, k, o, g, False, n)
+                  for (p, c, cg, k, o, g), n in self._kernel.items()),
+            tuple(MemcgCount(cg, ev, n) for (cg, ev), n in self._memcg.items()),
+            dict(drops or {}))
+
+
+def _pair(columns: Sequence[list[tuple[Any, int]]], fillers: Sequence[Any]
+          ) -> Iterator[tuple[tuple[Any, ...], int]]:
+    """Rows (one key per column, count) whose sums per column give back each column's
+    counts (the north-west corner rule); a column summing short is padded with its filler."""
+    cols = [[(k, n) for k, n in col if n > 0] for col in columns]
+    total = max((sum(n for _, n in c) for c in cols), default=0)
+    for c, filler in zip(cols, fillers):
+        short = total - sum(n for _, n in c)
+        if short:
+            c.append((filler, short))
+    idx = [0] * len(cols)
+    left = [c[0][1] if c else 0 for c in cols]
+    while total > 0:
+        m = min(left)
+        yield tuple(c[i][0] for c, i in zip(cols, idx)), m
+        total -= m
+        for j, c in enumerate(cols):
+            left[j] -= m
+            if left[j] == 0 and idx[j] + 1 < len(c):
+                idx[j] += 1
+                left[j] = c[idx[j]][1]
+
+
+def snapshot_from_counts(counts: Mapping[str, Any],
+                         dropped: Optional[Mapping[str, int]] = None) -> Snapshot:
+    """A Snapshot whose tables are a summary's counts (model.summary_counts gives them back).
+
+    A summary keeps the tables apart (by process, by cgroup, by syscall or kind, by order),
+    not which process made which syscall fail: the rows pair the tables up in order, so
+    each table is exact and only the pairing between tables is made up."""
+    procs = [((int(pid), v["comm"]), v["failures"]) for pid, v in counts["by_process"].items()]
+    cgroups = [(None if cg == "?" else cg, n) for cg, n in counts["by_cgroup"].items()]
+    what: list[tuple[tuple[str, Any, Optional[str]], int]] = []
+    for name, errs in counts["by_syscall"].items():
+        for err, n in errs.items():
+            what.append((("syscall", name, None if err == "no errno" else err), n))
+    for order, gfps in counts["page_alloc_by_order"].items():
+        for gfp, n in gfps.items():
+            what.append((("page_alloc", int(order), None if gfp == "?" else gfp), n))
+    for kind, n in counts["by_kind"].items():
+        if kind not in ("syscall", "page_alloc", "memcg"):
+            what.append(((kind, None, None), n))
+    syscalls: list[SyscallCount] = []
+    kernel: list[KernelCount] = []
+    for ((pid, comm), cgroup, (kind, a, b)), n in _pair(
+            [procs, cgroups, what], [(0, "?"), None, ("unknown", None, None)]):
+        if kind == "syscall":
+            syscalls.append(SyscallCount(pid, comm, cgroup, a, b, n))
+        else:
+            kernel.append(KernelCount(pid, comm, cgroup, kind, a, b, False, n))
+    for order, n in counts["opportunistic_page_alloc_by_order"].items():
+        if n:
+            kernel.append(KernelCount(0, "", None, "page_alloc", int(order), None, True, n))
+    for kind, n in counts["opportunistic"].items():
+        if kind != "page_alloc" and n:
+            kernel.append(KernelCount(0, "", None, kind, None, None, True, n))
+    memcg = tuple(MemcgCount(cg, ev, n) for cg, evs in counts["memcg_events"].items()
+                  for ev, n in evs.items())
+    return Snapshot(tuple(syscalls), tuple(kernel), memcg, dict(dropped or {}))

@@ -1,23 +1,18 @@
-"""`memtrace explain PID`: how close one process is to each limit that can make its next allocation fail."""
+"""How close one process is to each limit that can make its next allocation fail (`memtrace explain`)."""
 
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, TextIO
+from typing import Any, Optional
 
-from .cgroups import find_hierarchies
-from .decoders import format_bytes
-from .evidence import HostState, _limit, read_host_state
+from ..errors import ExplainError
+from ..host.cgroups import find_hierarchies
+from ..host.state import HostState, read_cgroup_state, read_host_state
+from ..model.decode import format_bytes
 
 DANGER = 0.9  # above this fraction of a limit, `explain` exits 1
 _CAP_IPC_LOCK = 14
-
-
-class ExplainError(Exception):
-    """The process cannot be examined (gone, or not ours), with a one-line message."""
 
 
 @dataclass(frozen=True)
@@ -83,19 +78,12 @@ def _cgroup_headroom(proc: Path, pid: int) -> Optional[Headroom]:
             (p for c, p in rels.items() if "memory" in c.split(",")), None)
         if rel is None:
             continue
-        d = h.mount / rel.lstrip("/")
-        try:
-            if h.version == 2:
-                usage = int((d / "memory.current").read_text())
-                limit = _limit((d / "memory.max").read_text())
-                setting = f"memory.max of {rel}"
-            else:
-                usage = int((d / "memory.usage_in_bytes").read_text())
-                limit = _limit((d / "memory.limit_in_bytes").read_text())
-                setting = f"memory.limit_in_bytes of {rel}"
-        except (OSError, ValueError):
+        state = read_cgroup_state(h.mount / rel.lstrip("/"), rel, h.version)
+        if state is None or state.usage is None:
             continue
-        return Headroom("cgroup memory", usage, limit, "bytes", setting, f"cgroup {rel}")
+        setting = f"memory.max of {rel}" if h.version == 2 else f"memory.limit_in_bytes of {rel}"
+        return Headroom("cgroup memory", state.usage, state.limit, "bytes", setting,
+                        f"cgroup {rel}")
     return None
 
 
@@ -135,34 +123,5 @@ def headroom(pid: int, proc: Path = Path("/proc"), host: Optional[HostState] = N
     return sorted(rows, key=lambda r: -(r.fraction if r.fraction is not None else -1))
 
 
-def _fmt(r: Headroom, n: Optional[int]) -> str:
-    if n is None:
-        return "unlimited" if r.fraction is None and r.used is not None else "-"
-    return format_bytes(n) if r.unit == "bytes" else str(n)
-
-
-def run_explain(pid: int, as_json: bool, out: TextIO = sys.stdout) -> int:
-    rows = headroom(pid)
-    danger = [r for r in rows if r.fraction is not None and r.fraction > DANGER]
-    comm = _read(Path("/proc") / str(pid) / "comm").strip()
-    if as_json:
-        out.write(json.dumps({"type": "explain", "pid": pid, "comm": comm,
-                              "limits": [r.to_json() for r in rows],
-                              "danger": [r.name for r in danger]}) + "\n")
-        return 1 if danger else 0
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(file=out, width=120)
-    table = Table(title=f"headroom of pid {pid} ({comm}), most at risk first")
-    for col in ("limit", "used", "of", "%", "raise with", "note"):
-        table.add_column(col, justify="right" if col in ("used", "of", "%") else "left")
-    for r in rows:
-        pct = "" if r.fraction is None else f"{100 * r.fraction:.0f}%"
-        style = "bold red" if r in danger else None
-        table.add_row(r.name, "" if r.used is None else _fmt(r, r.used), _fmt(r, r.limit), pct,
-                      r.setting, r.note, style=style)
-    console.print(table)
-    console.print(f"{len(danger)} limit(s) above {DANGER:.0%}" if danger else
-                  f"nothing above {DANGER:.0%} of its limit")
-    return 1 if danger else 0
+def read_comm(pid: int, proc: Path = Path("/proc")) -> str:
+    return _read(proc / str(pid) / "comm").strip()

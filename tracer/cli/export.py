@@ -1,0 +1,33 @@
+"""`memtrace export`: Prometheus metrics of the exact in-kernel counters."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import click
+
+from .common import filter_options, guard, live_source, log
+
+
+@click.command()
+@filter_options
+@click.option("--listen", default="127.0.0.1:9464", show_default=True,
+              help="HOST:PORT for /metrics; binding beyond loopback is your explicit choice.")
+@click.option("--max-cgroups", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Distinct cgroup label values; more are folded into \"other\" and counted.")
+@click.option("--per-process", is_flag=True,
+              help="Add a comm label (bounded by --max-processes); off by default.")
+@click.option("--max-processes", type=click.IntRange(min=1), default=50, show_default=True)
+def export(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str],
+           duration: Optional[float], listen: str, max_cgroups: int, per_process: bool,
+           max_processes: int) -> None:
+    """Serve Prometheus metrics of allocation failures (exact in-kernel counters)."""
+    from ..views.prometheus import parse_listen, run_export
+
+    def body() -> None:
+        parse_listen(listen)
+        run_export(live_source(pids, cgroup, comm), listen=listen, max_cgroups=max_cgroups,
+                   per_process=per_process, max_processes=max_processes, duration=duration,
+                   log=log)
+
+    guard(body)

@@ -1,0 +1,1 @@
+"""The kernel side: the only package that imports bcc. BTF, the ctypes mirror of bpf/memtrace.h, the probe plan, one build of -D flags, one loader, and the sources that read the kernel (failures, leaks)."""

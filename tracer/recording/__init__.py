@@ -1,0 +1,1 @@
+"""The JSON-lines format, both ways; recordings written, read, replayed and reported."""
