@@ -394,14 +394,24 @@ def test_watch_text_prints_human_summary_on_ctrl_c():
 
 
 def _tmux(sock: str, *args: str, timeout: float = 10) -> subprocess.CompletedProcess:
+    # pytest exports COLUMNS=80 and LINES=24, which rich (like most terminal programs) takes
+    # over the terminal's real size: the tmux server must not hand them to the dashboard.
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     return subprocess.run(["tmux", "-S", sock, *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+                          timeout=timeout, stdin=subprocess.DEVNULL, env=env)
 
 
 def _screen(sock: str, session: str, history: bool = False) -> str:
     extra = ["-S", "-"] if history else []
     r = _tmux(sock, "capture-pane", "-p", "-J", *extra, "-t", session)
     return r.stdout
+
+
+def _complete_frame(screen: str) -> bool:
+    """The dashboard's whole frame is on the screen: its header first, its footer last."""
+    lines = [line for line in screen.splitlines() if line.strip()]
+    return bool(lines) and lines[0].startswith("memtrace ") and "dropped:" in lines[-1] \
+        and "Recent events" in screen
 
 
 def _wait_screen(sock: str, session: str, pred, timeout: float, history: bool = False) -> str:
@@ -431,8 +441,10 @@ def test_top_dashboard_in_a_terminal():
         started = time.monotonic()
 
         child = run_huge_mmap("mt-e2e-tui")
-        screen = _wait_screen(sock, session, lambda s: child.comm in s and "mmap" in s
-                              and "ENOMEM" in s, 5)
+        # A frame is complete once its footer (the dropped line) is drawn below the
+        # events: tmux may be read in the middle of a redraw.
+        screen = _wait_screen(sock, session, lambda s: _complete_frame(s) and child.comm in s
+                              and "mmap" in s and "ENOMEM" in s and str(child.pid) in s, 8)
         assert header.search(screen), screen
         assert "Recent events" in screen
         assert str(child.pid) in screen
