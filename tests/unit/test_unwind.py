@@ -16,15 +16,10 @@ from elftools.dwarf.callframe import FDE
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from tracer.unwind.unwinder import (
-    Mapping,
-    Module,
-    Segment,
-    Unwinder,
-    _eval_expr,
-    load_bias,
-    parse_maps,
-)
+from tracer.unwind.cfi import _eval_expr
+from tracer.unwind.elf import Module
+from tracer.unwind.maps import Mapping, Segment, load_bias, parse_maps
+from tracer.unwind.unwinder import Unwinder
 
 pytestmark = pytest.mark.unit
 

@@ -11,7 +11,8 @@ from typing import Any, Callable, Optional
 from ..errors import HostError
 from ..host import system as host
 from ..model.leaks import ALLOCATOR_LIBRARIES, ALLOCATORS, FREE, AllocFailure, LeakProfile
-from ..unwind.unwinder import ProcessUnwinders, defined_functions, first_argument_probe_offset
+from ..unwind.elf import defined_functions, first_argument_probe_offset
+from ..unwind.unwinder import ProcessUnwinders
 from . import abi
 from .btf import load_vmlinux
 from .build import leak_cflags, read_layout
