@@ -4,6 +4,7 @@ runs: start, poll, tick, stop cleanly, summarise."""
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from typing import Callable, Optional, Protocol, Sequence
 
@@ -60,6 +61,53 @@ class FakeSource:
         self.closed = True
 
 
+class SnapshotRequests:
+    """Fresh snapshots for other threads (a metrics scrape), always taken on the loop thread.
+
+    A live source is read by one thread only: the loop's. Another thread asks and waits; the
+    loop answers between two polls (within one poll timeout), so a scrape made after N
+    failures still sees N. If the loop does not answer in time, the asker gets the latest
+    snapshot the loop took."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._asked = 0
+        self._answered = 0
+        self._latest = Snapshot()
+        self._closed = False
+
+    def ask(self, timeout: float = 2.0) -> Snapshot:
+        with self._cond:
+            if not self._closed:
+                self._asked += 1
+                ticket = self._asked
+                self._cond.wait_for(lambda: self._answered >= ticket or self._closed, timeout)
+            return self._latest
+
+    def answer(self, source: Source) -> None:
+        """Called by the loop: take one snapshot if anyone is waiting for one."""
+        with self._cond:
+            ticket = self._asked
+            if self._answered >= ticket:
+                return
+        snap = source.snapshot()
+        with self._cond:
+            self._latest = snap
+            self._answered = ticket
+            self._cond.notify_all()
+
+    def publish(self, snap: Snapshot) -> None:
+        with self._cond:
+            self._latest = snap
+
+    def close(self, final: Optional[Snapshot] = None) -> None:
+        with self._cond:
+            if final is not None:
+                self._latest = final
+            self._closed = True
+            self._cond.notify_all()
+
+
 class StopFlag:
     """Set by SIGINT or SIGTERM; the loop checks it between polls."""
 
@@ -81,7 +129,10 @@ def run(source: Source, *, duration: Optional[float], on_ready: Callable[[Ready]
         on_tick: Callable[[Snapshot], None] = lambda s: None,
         on_summary: Callable[[Snapshot], None] = lambda s: None,
         interval: float = 1.0, stop: Optional[StopFlag] = None,
-        diagnose: bool = True) -> Snapshot:
+        diagnose: bool = True, requests: Optional[SnapshotRequests] = None) -> Snapshot:
+    """Start the source, hand its failures and periodic snapshots to the callbacks until a
+    signal, the duration or the stop flag, then drain and summarise. Every call on the
+    source happens on this thread; other threads get snapshots through `requests`."""
     stop = stop or StopFlag()
     stop.install()
     ready = source.start()
@@ -103,14 +154,23 @@ def run(source: Source, *, duration: Optional[float], on_ready: Callable[[Ready]
             failures = source.poll(0.1)
             if failures:
                 on_failures(failures)
+            if requests is not None:
+                requests.answer(source)
             if time.monotonic() >= next_tick:
                 next_tick += interval
-                on_tick(source.snapshot())
+                snap = source.snapshot()
+                if requests is not None:
+                    requests.publish(snap)
+                on_tick(snap)
         failures = source.drain()
         if failures:
             on_failures(failures)
         snap = source.snapshot()
+        if requests is not None:
+            requests.close(snap)
         on_summary(snap)
         return snap
     finally:
+        if requests is not None:
+            requests.close()
         source.close()

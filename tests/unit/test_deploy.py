@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from tests.unit.fixtures import MMAP_FAIL, READY
+from tracer.model.decode import parse_gfp
 from tracer.model.failures import KernelCount, MemcgCount, Snapshot, SyscallCount
-from tracer.run import FakeSource
+from tracer.run import SnapshotRequests
 from tracer.views.prometheus import MemtraceCollector, MetricsState
 
 pytestmark = pytest.mark.unit
@@ -52,15 +53,17 @@ def exported_series() -> dict[str, set[str]]:
     snap = Snapshot(
         syscalls=(SyscallCount(1, "a", "/box", "mmap", "ENOMEM", 2),),
         kernel=(
-            KernelCount(1, "a", "/box", "page_alloc", 3, "GFP_KERNEL", False, 1),
-            KernelCount(1, "a", "/box", "page_alloc", 9, "GFP_TRANSHUGE", True, 1),
+            KernelCount(1, "a", "/box", "page_alloc", 3, parse_gfp("GFP_KERNEL"), False, 1),
+            KernelCount(1, "a", "/box", "page_alloc", 9, parse_gfp("GFP_TRANSHUGE"), True, 1),
             *(KernelCount(1, "a", "/box", kind, None, None, False, 1)
               for kind in ("slab", "vmalloc", "percpu", "oom_kill")),
         ),
         memcg=(MemcgCount("/box", "max", 1),),
         drops={"ringbuf_full": 1},
     )
-    st = MetricsState(FakeSource(READY, snapshots=[snap]), 50, False, 50)
+    requests = SnapshotRequests()
+    requests.close(snap)  # no loop: every scrape gets this snapshot
+    st = MetricsState(requests, 50, False, 50)
     st.ready = READY
     st.add([MMAP_FAIL])
     out: dict[str, set[str]] = {}

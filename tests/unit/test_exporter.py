@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import socket
+import threading
+import time
+import urllib.request
+from typing import Optional
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.unit.fixtures import FCNTL_FAIL, MMAP_FAIL, READY, SNAPSHOT
 from tracer.errors import ListenError
-from tracer.run import FakeSource
-from tracer.views.prometheus import LabelBound, MemtraceCollector, MetricsState, parse_listen
+from tracer.model.failures import Failure, Ready, Snapshot, SyscallCount
+from tracer.run import FakeSource, SnapshotRequests
+from tracer.views.prometheus import (
+    LabelBound,
+    MemtraceCollector,
+    MetricsState,
+    parse_listen,
+    run_export,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -22,8 +35,9 @@ def scrape(state: MetricsState) -> str:
 
 
 def state(max_cgroups: int = 50, per_process: bool = False) -> MetricsState:
-    src = FakeSource(READY, snapshots=[SNAPSHOT])
-    st = MetricsState(src, max_cgroups, per_process, 50)
+    requests = SnapshotRequests()
+    requests.close(SNAPSHOT)  # no loop: every scrape gets this snapshot
+    st = MetricsState(requests, max_cgroups, per_process, 50)
     st.ready = READY
     return st
 
@@ -77,3 +91,86 @@ def test_parse_listen(text, ok):
             parse_listen(text)
     else:
         assert parse_listen(text) == ok
+
+
+class OneThreadSource(FakeSource):
+    """A source that counts what it handed out and notes any call from another thread than
+    the one that started it (a live source's maps and state are not thread-safe)."""
+
+    def __init__(self, n_batches: int, per_batch: int) -> None:
+        super().__init__(READY, [[MMAP_FAIL] * per_batch for _ in range(n_batches)])
+        self.owner: Optional[int] = None
+        self.foreign: list[str] = []
+        self.handed = 0
+
+    def _check(self, what: str) -> None:
+        if self.owner is None:
+            self.owner = threading.get_ident()
+        elif threading.get_ident() != self.owner:
+            self.foreign.append(what)
+        time.sleep(0.001)  # widen the window a racing reader would need
+
+    def start(self) -> Ready:
+        self._check("start")
+        return super().start()
+
+    def poll(self, timeout: float = 0.1) -> list[Failure]:
+        self._check("poll")
+        out = super().poll(min(timeout, 0.02))
+        self.handed += len(out)
+        return out
+
+    def snapshot(self) -> Snapshot:
+        self._check("snapshot")
+        n = self.handed
+        return Snapshot(syscalls=(SyscallCount(100, "leaky", "/box", "mmap", "ENOMEM", n),)
+                        if n else ())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scraped_mmap_failures(text: str) -> int:
+    m = re.search(r'^memtrace_syscall_failures_total\{[^}]*syscall="mmap"\} (\S+)$', text, re.M)
+    return int(float(m.group(1))) if m else 0
+
+
+def test_concurrent_scrapes_while_failures_stream_in():
+    """Scrapes from other threads never touch the source, and each one is exact: never
+    less than what the source had handed out when the scrape began, never decreasing."""
+    src = OneThreadSource(n_batches=120, per_batch=5)
+    port = _free_port()
+    seen: list[tuple[int, int]] = []  # (handed out before the scrape, scraped)
+    errors: list[str] = []
+    done = threading.Event()
+
+    def scraper() -> None:
+        url = f"http://127.0.0.1:{port}/metrics"
+        while not done.is_set():
+            before = src.handed
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    seen.append((before, _scraped_mmap_failures(r.read().decode())))
+            except OSError as e:  # the server is not up yet, or already down
+                if src.started and not done.is_set() and "refused" not in str(e):
+                    errors.append(str(e))
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=scraper) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        final = run_export(src, listen=f"127.0.0.1:{port}", duration=2.5, log=lambda m: None)
+    finally:
+        done.set()
+        for t in threads:
+            t.join(10)
+    assert src.foreign == [], f"the source was read from another thread: {src.foreign[:5]}"
+    assert errors == []
+    assert len(seen) >= 10, "too few scrapes to say anything"
+    assert all(scraped >= before for before, scraped in seen), seen
+    assert final.syscalls[0].count == src.handed == 600
+    assert max(scraped for _, scraped in seen) <= 600

@@ -11,8 +11,8 @@ from typing import Any, Iterator, Optional, TextIO
 
 from ..errors import ListenError
 from ..model.failures import Failure, Ready, Snapshot
-from ..model.probes import attached_count
-from ..run import Source, run
+from ..model.probes import ATTACHED, attached_count
+from ..run import SnapshotRequests, Source, run
 
 OTHER = "other"  # the label value that stands for everything cut by a cardinality bound
 
@@ -48,17 +48,19 @@ class LabelBound:
 class MetricsState:
     """What a scrape reports: the latest exact totals, causes of the events seen, probes.
 
-    The tracing loop and the HTTP server's thread share it under one lock; a scrape
-    takes a fresh snapshot of the kernel's counters, so a scrape after N failures says N."""
+    The tracing loop adds failures; the HTTP server's thread builds the families. They share
+    the label bounds and the causes under one lock. The source itself is only ever read by
+    the loop: a scrape asks it for a fresh snapshot through `requests` (run.SnapshotRequests),
+    so a scrape after N failures says N."""
 
-    def __init__(self, source: Source, max_cgroups: int, per_process: bool, max_processes: int):
-        self.source = source
+    def __init__(self, requests: SnapshotRequests, max_cgroups: int, per_process: bool,
+                 max_processes: int):
+        self.requests = requests
         self.lock = threading.Lock()
         self.ready: Optional[Ready] = None
         self.cgroup = LabelBound("cgroup", max_cgroups)
         self.process = LabelBound("comm", max_processes) if per_process else None
         self.causes: dict[tuple[str, ...], int] = {}
-        self.snapshot = Snapshot()
 
     def add(self, failures: list[Failure]) -> None:
         with self.lock:
@@ -73,9 +75,9 @@ class MetricsState:
 
     def refresh(self) -> Snapshot:
         with self.lock:
-            if self.ready is not None:
-                self.snapshot = self.source.snapshot()
-            return self.snapshot
+            if self.ready is None:
+                return Snapshot()
+        return self.requests.ask()
 
 
 class MemtraceCollector:
@@ -88,10 +90,16 @@ class MemtraceCollector:
         return []  # families are only known at scrape time
 
     def collect(self) -> Iterator[Any]:
+        snap = self.state.refresh()  # outside the lock: the loop may be adding failures
+        with self.state.lock:
+            families = self._families(snap)
+        yield from families
+
+    def _families(self, snap: Snapshot) -> list[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         st = self.state
-        snap = st.refresh()
+        out: list[Any] = []
         extra = ["comm"] if st.process is not None else []
 
         def proc(comm: str) -> list[str]:
@@ -107,17 +115,15 @@ class MemtraceCollector:
             agg[key] = agg.get(key, 0) + c.count
         for key, n in sorted(agg.items()):
             sys_f.add_metric(list(key), n)
-        yield sys_f
+        out.append(sys_f)
 
         cause_f = CounterMetricFamily(
             "memtrace_failures_by_cause", "Allocation failures by diagnosed cause, from the "
             "events received (dropped events are in memtrace_dropped_events_total).",
             labels=["kind", "syscall", "cause", "cgroup", *extra])
-        with st.lock:
-            causes = dict(st.causes)
-        for key, n in sorted(causes.items()):
+        for key, n in sorted(st.causes.items()):
             cause_f.add_metric(list(key), n)
-        yield cause_f
+        out.append(cause_f)
 
         page_f = CounterMetricFamily(
             "memtrace_page_alloc_failures", "Page allocator failures (no fallback, or their "
@@ -136,7 +142,7 @@ class MemtraceCollector:
             cg = st.cgroup(k.cgroup)
             if k.kind == "page_alloc":
                 name = "opp" if k.opportunistic else "page"
-                key = (name, str(k.order or 0), (k.gfp or "none").split("|")[0], cg)
+                key = (name, str(k.order or 0), k.gfp.label if k.gfp is not None else "none", cg)
             else:
                 key = (k.kind, cg)
             sums[key] = sums.get(key, 0) + k.count
@@ -149,23 +155,23 @@ class MemtraceCollector:
                 oom_f.add_metric([key[1]], n)
             elif key[0] in simple:
                 simple[key[0]].add_metric([key[1]], n)
-        yield page_f
-        yield opp_f
-        yield from simple.values()
-        yield oom_f
+        out.append(page_f)
+        out.append(opp_f)
+        out.extend(simple.values())
+        out.append(oom_f)
 
         memcg_f = CounterMetricFamily("memtrace_memcg_events", "Memory cgroup limit events "
                                       "since memtrace started (v2 memory.events, v1 failcnt "
                                       "and oom_control).", labels=["cgroup", "event"])
         for m in snap.memcg:
             memcg_f.add_metric([st.cgroup(m.cgroup), m.event], m.count)
-        yield memcg_f
+        out.append(memcg_f)
 
         drop_f = CounterMetricFamily("memtrace_dropped_events", "Event details lost, by reason "
                                      "(totals stay exact).", labels=["reason"])
         for reason, n in sorted(snap.drops.items()):
             drop_f.add_metric([reason], n)
-        yield drop_f
+        out.append(drop_f)
 
         cut_f = CounterMetricFamily("memtrace_label_values_cut", "Distinct label values "
                                     "folded into \"other\" by a cardinality bound.",
@@ -173,14 +179,15 @@ class MemtraceCollector:
         cut_f.add_metric(["cgroup"], len(st.cgroup.cut))
         if st.process is not None:
             cut_f.add_metric(["comm"], len(st.process.cut))
-        yield cut_f
+        out.append(cut_f)
 
         probe_f = GaugeMetricFamily("memtrace_probe_attached", "1 when the probe is attached.",
                                     labels=["probe", "via"])
         if st.ready is not None:
             for p in st.ready.probes:
-                probe_f.add_metric([p.name, p.via or "none"], 1 if p.status == "attached" else 0)
-        yield probe_f
+                probe_f.add_metric([p.name, p.via or "none"], 1 if p.status == ATTACHED else 0)
+        out.append(probe_f)
+        return out
 
 
 def _check_port(host: str, port: int) -> None:
@@ -204,7 +211,8 @@ def run_export(source: Source, *, listen: str, max_cgroups: int = 50, per_proces
 
     host, port = parse_listen(listen)
     _check_port(host, port)
-    state = MetricsState(source, max_cgroups, per_process, max_processes)
+    requests = SnapshotRequests()
+    state = MetricsState(requests, max_cgroups, per_process, max_processes)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(MemtraceCollector(state))  # type: ignore[arg-type]
 
@@ -228,7 +236,7 @@ def run_export(source: Source, *, listen: str, max_cgroups: int = 50, per_proces
 
     try:
         return run(source, duration=duration, on_ready=on_ready, on_failures=state.add,
-                   on_summary=on_summary)
+                   on_summary=on_summary, requests=requests)
     finally:
         for item in server:
             srv = item[0] if isinstance(item, tuple) else item
