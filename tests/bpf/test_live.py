@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import ctypes as ct
 import errno
 import signal
 
 import pytest
 
 from tests import workloads as w
-from tracer.kernel import abi
 from tracer.kernel.build import BuildOptions
 from tracer.kernel.failures import LiveSource
 from tracer.model.failures import Filter
@@ -33,16 +31,6 @@ def test_all_probes_attach(live):
     assert statuses["page_alloc"] == "attached"
     for name in ("kmalloc", "kmem_cache_alloc", "vmalloc", "percpu", "oom_kill"):
         assert statuses[name] == "attached", name
-
-
-def test_abi_matches_what_bcc_compiled(live):
-    b = live.src.bpf
-    pairs = [(abi.SyscallKey, b["syscall_counts"].Key), (abi.KFailKey, b["kfail_counts"].Key),
-             (abi.Pending, b["pending"].Leaf), (abi.Event, b["zeroes"].Leaf)]
-    for ours, compiled in pairs:
-        assert ct.sizeof(ours) == ct.sizeof(compiled), ours.__name__
-        for name, _type in ours._fields_:
-            assert getattr(ours, name).offset == getattr(compiled, name).offset, (ours, name)
 
 
 def test_huge_mmap_enomem(live):
@@ -107,18 +95,20 @@ def test_pipe_growth_in_tight_memcg_links_page_and_slab_failures(live):
     assert call.args["cmd"] == "F_SETPIPE_SZ"
     pages = [k for k in call.linked if k.kind == "page_alloc"]
     assert pages and pages[0].order == 8
-    assert "GFP_KERNEL_ACCOUNT" in pages[0].gfp
+    # charged to the memory cgroup; the composite name shown depends on the host (cpusets
+    # add __GFP_HARDWALL, which turns GFP_KERNEL_ACCOUNT into GFP_USER|...|__GFP_ACCOUNT)
+    assert pages[0].gfp is not None and pages[0].gfp.accounted
     assert any(k.kind == "slab" for k in call.linked)
     # the kernel failures are events of their own, attributed to the same process
     page_events = [f for f in mine if f.kind == "page_alloc"]
     assert [(f.order, f.cgroup, f.comm, f.syscall) for f in page_events] == [
         (8, path, comm, "fcntl")]
-    assert "__GFP_ACCOUNT" in page_events[0].gfp or "GFP_KERNEL_ACCOUNT" in page_events[0].gfp
+    assert page_events[0].gfp is not None and page_events[0].gfp.accounted
     assert any(f.kind == "slab" and f.size for f in mine)
     # exact counters: a kernel failure that made its syscall fail is a failure, not an attempt
     snap = Filter(pids=frozenset({child.pid})).snapshot(live.src.snapshot())
     assert page_alloc_by_order(snap, opportunistic=False) == [
-        (8, page_events[0].gfp, 1)]
+        (8, str(page_events[0].gfp), 1)]
     assert page_alloc_by_order(snap, opportunistic=True) == []
     assert failures_by_syscall(snap) == [("fcntl", "ENOMEM", 1)]
     # and the cgroup's own counters saw the limit being hit

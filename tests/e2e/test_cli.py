@@ -31,6 +31,7 @@ import pytest
 from tests import workloads as w
 from tests.e2e import installed
 from tracer import __version__
+from tracer.model.decode import parse_gfp
 
 pytestmark = pytest.mark.e2e
 
@@ -246,10 +247,10 @@ def test_watch_json_contract_with_real_failures():
     assert call["args"]["cmd"] == "F_SETPIPE_SZ"
     linked_pages = [k for k in call["linked"] if k["kind"] == "page_alloc"]
     assert linked_pages and linked_pages[0]["order"] == 8
-    assert "GFP_KERNEL_ACCOUNT" in linked_pages[0]["gfp"]
+    assert parse_gfp(linked_pages[0]["gfp"]).accounted  # __GFP_ACCOUNT: charged to the memcg
     pages = [f for f in mine if f["kind"] == "page_alloc"]
     assert [(p["order"], p["syscall"], p["errno"]) for p in pages] == [(8, "fcntl", "ENOMEM")]
-    assert "GFP_KERNEL_ACCOUNT" in pages[0]["gfp"], pages[0]["gfp"]
+    assert parse_gfp(pages[0]["gfp"]).accounted, pages[0]["gfp"]
 
     # the summary: exact in-kernel totals
     summary = objs[-1]

@@ -7,6 +7,7 @@ import re
 import pytest
 from rich.console import Console
 
+from tracer.model.decode import parse_gfp
 from tracer.model.failures import Failure, KernelCount, KernelFailure, Ready, Snapshot, SyscallCount
 from tracer.model.probes import ProbeStatus
 from tracer.model.totals import Dashboard
@@ -15,7 +16,7 @@ from tracer.views.dashboard import render, render_plain, summary_text
 pytestmark = pytest.mark.unit
 
 T0 = 1_700_000_000.0
-GFP = "GFP_KERNEL_ACCOUNT|__GFP_NOWARN"
+GFP = parse_gfp("GFP_KERNEL_ACCOUNT|__GFP_NOWARN")
 DROPS = {"ringbuf_full": 2, "counter_map_full": 0, "linked_overflow": 0,
          "user_stack": 0, "kernel_stack": 0}
 
@@ -227,7 +228,7 @@ def test_summary_text() -> None:
     assert "opportunistic (not failures): 50 (page_alloc 50)" in text
     assert "leaky" in text and "grower" in text
     assert "brk" in text and "no errno" in text
-    assert GFP in text
+    assert str(GFP) in text
     assert "ringbuf_full 2" in text
     assert all(ord(c) < 128 for c in text)
     assert "more" not in summary_text(crowded())  # the final summary lists everything

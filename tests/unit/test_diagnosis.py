@@ -16,7 +16,7 @@ from tracer.diagnose import rules as diagnosis
 from tracer.diagnose.evidence import Evidence
 from tracer.diagnose.rules import CAUSES, CONFIRMED, INFERRED, Finding
 from tracer.host.state import CgroupState, HostState
-from tracer.model.decode import describe_syscall_args, size_from_syscall
+from tracer.model.decode import describe_syscall_args, parse_gfp, size_from_syscall
 from tracer.model.failures import Failure, KernelFailure, TaskState
 
 pytestmark = pytest.mark.unit
@@ -122,7 +122,8 @@ def kernel(kind: str, *, size: Optional[int] = None, order: Optional[int] = None
     if kind == "page_alloc" and size is None:
         size = PAGE << (order or 0)
     return Failure(time=T0, kind=kind, pid=4242, tid=4242, comm="app", cgroup=CGROUP,
-                   cgroup_id=7, syscall=syscall_name, size=size, order=order, gfp=gfp)
+                   cgroup_id=7, syscall=syscall_name, size=size, order=order,
+                   gfp=parse_gfp(gfp))
 
 
 def oom(constraint: Optional[str]) -> Failure:
@@ -139,7 +140,7 @@ MEMCG_EVENT = Failure(time=T0, kind="memcg", pid=0, tid=0, comm="", cgroup=CGROU
 
 def linked_page(order: int, gfp: str = "GFP_KERNEL_ACCOUNT|__GFP_NOWARN",
                 opportunistic: bool = False) -> KernelFailure:
-    return KernelFailure("page_alloc", PAGE << order, order, gfp, opportunistic)
+    return KernelFailure("page_alloc", PAGE << order, order, parse_gfp(gfp), opportunistic)
 
 
 def case(id: str, failure: Failure, evidence: Evidence, cause: str,
@@ -242,7 +243,7 @@ CASES = [
          {"syscall": "mmap", "errno": "ENOMEM"}),
     case("not-overcommit-PROT_NONE-MAP_NORESERVE-reservation",
          mmap(64 * GiB, prot=PROT_NONE, flags=ANON | MAP_NORESERVE,
-              linked=[KernelFailure("slab", 184, None, "GFP_KERNEL_ACCOUNT", False,
+              linked=[KernelFailure("slab", 184, None, parse_gfp("GFP_KERNEL_ACCOUNT"), False,
                                     cache="vm_area_struct")]),
          ev(cgroup=cg(512 * MiB, 512 * MiB)), "memcg_limit",
          {"syscall": "mmap", "limit": 512 * MiB}),

@@ -231,7 +231,7 @@ def test_a_killed_recording_keeps_every_complete_line(tmp_path):
     assert rep.failure_lines == 2
     assert rep.counts["by_process"] == {"100": {"comm": "leaky", "failures": 1},
                                         "200": {"comm": "piper", "failures": 1}}
-    assert rep.counts["page_alloc_by_order"] == {"8": {PIPE_PAGE.gfp: 1}}
+    assert rep.counts["page_alloc_by_order"] == {"8": {str(PIPE_PAGE.gfp): 1}}
 
 
 # --------------------------------------------------------------------------- report

@@ -45,6 +45,11 @@ class Finding:
 Rule = Callable[[Failure, Evidence], Optional[Finding]]
 
 
+def _text(value: Optional[object]) -> Optional[str]:
+    """A model value (e.g. GFP flags) as the text evidence carries."""
+    return None if value is None else str(value)
+
+
 def _b(n: Optional[int]) -> str:
     return "unlimited" if n is None else format_bytes(n)
 
@@ -283,7 +288,7 @@ def kernel_finding(k: KernelFailure, cgroup: Optional[CgroupState], h: HostState
     if k.kind == "page_alloc" and (k.order or 0) > MAX_PAGE_ORDER:
         return Finding("too_large", f"{inside}an order-{k.order} page allocation, above the "
                        f"largest order {MAX_PAGE_ORDER}", {"order": k.order})
-    accounted = "ACCOUNT" in (k.gfp or "") or k.kind == "vmalloc"
+    accounted = (k.gfp is not None and k.gfp.accounted) or k.kind == "vmalloc"
     if accounted and cgroup is not None and cgroup.limit is not None and cgroup.usage is not None:
         if cgroup.usage + size > cgroup.limit or cgroup.usage >= 0.9 * cgroup.limit:
             return Finding("memcg_limit",
@@ -293,7 +298,7 @@ def kernel_finding(k: KernelFailure, cgroup: Optional[CgroupState], h: HostState
                            f"{'max' if cgroup.version == 2 else 'limit_in_bytes'} of "
                            f"{cgroup.path} or use less in it",
                            {"cgroup": cgroup.path, "usage": cgroup.usage, "limit": cgroup.limit,
-                            "request": size, "gfp": k.gfp, "order": k.order})
+                            "request": size, "gfp": _text(k.gfp), "order": k.order})
     # ZONE_DMA's few big blocks are held back (lowmem_reserve) from ordinary allocations.
     zones = {z: b for z, b in h.free_blocks.items() if not z.endswith("zone DMA")}
     if k.kind == "page_alloc" and (k.order or 0) > 0 and zones:
@@ -336,7 +341,7 @@ def rule_linked_kernel_failure(f: Failure, ev: Evidence) -> Optional[Finding]:
                    f"{f.syscall}() failed because a kernel {what} allocation inside it failed "
                    f"({k.gfp or 'no GFP flags'}), with no cgroup limit, fragmentation or "
                    "shortage in evidence",
-                   {"kind": k.kind, "order": k.order, "gfp": k.gfp, "size": k.size,
+                   {"kind": k.kind, "order": k.order, "gfp": _text(k.gfp), "size": k.size,
                     "opportunistic": k.opportunistic})
 
 
@@ -443,11 +448,11 @@ def diagnose(f: Failure, ev: Evidence) -> Finding:
         return Finding("kernel_allocation",
                        f"a kernel {f.kind} allocation inside {f.syscall}() failed with no cgroup "
                        "limit, fragmentation or shortage in evidence",
-                       {"kind": f.kind, "order": f.order, "gfp": f.gfp, "size": f.size})
+                       {"kind": f.kind, "order": f.order, "gfp": _text(f.gfp), "size": f.size})
     return Finding("unknown",
                    f"a kernel {f.kind} allocation failed outside any failing syscall, with no "
                    "cgroup limit, fragmentation or shortage in evidence",
-                   {"kind": f.kind, "order": f.order, "gfp": f.gfp, "size": f.size})
+                   {"kind": f.kind, "order": f.order, "gfp": _text(f.gfp), "size": f.size})
 
 
 def apply(f: Failure, finding: Finding) -> Failure:

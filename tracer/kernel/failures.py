@@ -223,7 +223,7 @@ class LiveSource(Loaded):
             kind=kind,
             size=int(kf.size) if kf.size else None,
             order=int(kf.order) if kind in ("page_alloc", "decision") else None,
-            gfp=self.gfp.decode(kf.gfp) if has_gfp else None,
+            gfp=self.gfp.value(kf.gfp) if has_gfp else None,
             opportunistic=bool(kf.flags & abi.F_OPPORTUNISTIC),
             cache=abi.cstr(kf.name) or None,
             kernel_stack=self._kstack(kf.kernel_stack_id),
@@ -343,7 +343,7 @@ class LiveSource(Loaded):
             kernel.append(KernelCount(
                 pid=int(k.pid), comm=abi.cstr(k.comm), cgroup=self._cgroup(k.memcg_id), kind=kind,
                 order=int(k.order) if kind == "page_alloc" else None,
-                gfp=self.gfp.decode(int(k.gfp)) if kind in ("page_alloc", "slab") else None,
+                gfp=self.gfp.value(int(k.gfp)) if kind in ("page_alloc", "slab") else None,
                 opportunistic=bool(k.opportunistic), count=int(v.value)))
         drops = {name: 0 for name in abi.DROP_NAMES.values()}
         for k, v in self.bpf[b"drops"].items():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import errno as _errno
 import re
 import signal as _signal
-from typing import Callable, Dict, Iterable, List, Mapping, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Sequence, Tuple, Union
 
 __all__ = [
     "GFP_BITS_6_18",
@@ -668,6 +669,29 @@ _GFP_SHOW_COMPOSITES: Tuple[str, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class Gfp:
+    """The GFP flags of one allocation: the kernel's mask, decoded once by the running
+    kernel's table. Later stages ask it questions instead of parsing its text again."""
+
+    mask: int
+    names: Tuple[str, ...]  # as show_gfp_flags() prints them: composites first; () for 0
+    flags: FrozenSet[str] = frozenset()  # every single __GFP_* flag set in mask
+    label: str = "other"  # the first composite (GFP_KERNEL, ...): a bounded metrics label
+
+    def __str__(self) -> str:
+        return "|".join(self.names) if self.names else "none"
+
+    def __contains__(self, name: object) -> bool:
+        """`"__GFP_ACCOUNT" in gfp`, `"GFP_KERNEL_ACCOUNT" in gfp`: a flag set or a name shown."""
+        return name in self.flags or name in self.names
+
+    @property
+    def accounted(self) -> bool:
+        """Charged to the memory cgroup (__GFP_ACCOUNT)."""
+        return "__GFP_ACCOUNT" in self.flags
+
+
 class GfpDecoder:
     """Names for gfp_t values of one kernel, whose ``___GFP_*_BIT`` enum is ``bits``."""
 
@@ -744,6 +768,30 @@ class GfpDecoder:
             parts.append(hex(rest))
         return "|".join(parts)
 
+    def value(self, gfp: int) -> Gfp:
+        """The model's value for a raw gfp_t: mask, names, single flags and label."""
+        mask = int(gfp) & _U32 if gfp < 0 else int(gfp)
+        text = self.decode(mask)
+        flags = frozenset(name for name, m in self._masks.items()
+                          if name.startswith("__GFP_") and m and mask & m == m)
+        return Gfp(mask, tuple(text.split("|")) if mask else (), flags, self.gfp_class(mask))
+
+    def parse(self, text: str) -> Gfp:
+        """The value for flags written as text (a recording's "GFP_KERNEL|__GFP_NOWARN"),
+        its names kept as written; names this table does not know add nothing to the mask."""
+        names = tuple(n for n in (part.strip() for part in text.split("|")) if n and n != "none")
+        mask = 0
+        for name in names:
+            if name.startswith("0x"):
+                try:
+                    mask |= int(name, 16)
+                except ValueError:
+                    pass
+            else:
+                mask |= self._masks.get(name, 0)
+        known = self.value(mask)
+        return Gfp(mask, names, known.flags, known.label)
+
     def is_opportunistic(self, gfp: int) -> bool:
         """True if the caller allows the allocation to fail (``__GFP_NOWARN``/``__GFP_NORETRY``)."""
         return bool(int(gfp) & (self.mask("__GFP_NOWARN") | self.mask("__GFP_NORETRY")))
@@ -783,3 +831,11 @@ def migratetype_name(n: int, types: Sequence[str] = MIGRATE_TYPES) -> str:
     if 0 <= n < len(types):
         return types[n]
     return f"migratetype_{n}"
+
+
+def parse_gfp(text: str) -> Gfp:
+    """GFP flags written as text, by the typical table (a recording's flags, a test's)."""
+    return _DEFAULT_GFP.parse(text)
+
+
+_DEFAULT_GFP = GfpDecoder.default()

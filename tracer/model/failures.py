@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+from .decode import Gfp
 from .probes import ProbeStatus
 
 KINDS = ("syscall", "page_alloc", "slab", "vmalloc", "percpu", "oom_kill", "memcg")
@@ -17,7 +18,7 @@ class KernelFailure:
     kind: str
     size: Optional[int]
     order: Optional[int]
-    gfp: Optional[str]
+    gfp: Optional[Gfp]
     opportunistic: bool
     cache: Optional[str] = None
     kernel_stack: tuple[str, ...] = ()
@@ -56,7 +57,7 @@ class Failure:
     errno: Optional[str] = None
     size: Optional[int] = None
     order: Optional[int] = None
-    gfp: Optional[str] = None
+    gfp: Optional[Gfp] = None
     cause: Optional[str] = None
     user_stack: tuple[str, ...] = ()
     kernel_stack: tuple[str, ...] = ()
@@ -88,7 +89,7 @@ class KernelCount:
     cgroup: Optional[str]
     kind: str
     order: Optional[int]
-    gfp: Optional[str]
+    gfp: Optional[Gfp]
     opportunistic: bool
     count: int
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 from typing import Any, Deque, Iterable, Iterator, Mapping, Optional, Sequence
 
+from .decode import Gfp, parse_gfp
 from .failures import (
     KINDS,
     Failure,
@@ -95,7 +96,7 @@ def page_alloc_by_order(s: Snapshot, opportunistic: Optional[bool] = False
             continue
         if opportunistic is not None and k.opportunistic != opportunistic:
             continue
-        _add(d, (k.order or 0, k.gfp or "?"), k.count)
+        _add(d, (k.order or 0, str(k.gfp) if k.gfp is not None else "?"), k.count)
     return sorted(((o, g, n) for (o, g), n in d.items()), key=lambda t: (t[0], -t[2], t[1]))
 
 
@@ -167,7 +168,7 @@ class Tally:
 
     def __init__(self) -> None:
         self._syscalls: dict[tuple[int, str, Optional[str], str, Optional[str]], int] = {}
-        self._kernel: dict[tuple[int, str, Optional[str], str, Optional[int], Optional[str]],
+        self._kernel: dict[tuple[int, str, Optional[str], str, Optional[int], Optional[Gfp]],
                            int] = {}
         self._memcg: dict[tuple[str, str], int] = {}
         self.events = 0
@@ -229,13 +230,13 @@ def snapshot_from_counts(counts: Mapping[str, Any],
     each table is exact and only the pairing between tables is made up."""
     procs = [((int(pid), v["comm"]), v["failures"]) for pid, v in counts["by_process"].items()]
     cgroups = [(None if cg == "?" else cg, n) for cg, n in counts["by_cgroup"].items()]
-    what: list[tuple[tuple[str, Any, Optional[str]], int]] = []
+    what: list[tuple[tuple[str, Any, Any], int]] = []  # (kind, syscall or order, errno or gfp)
     for name, errs in counts["by_syscall"].items():
         for err, n in errs.items():
             what.append((("syscall", name, None if err == "no errno" else err), n))
     for order, gfps in counts["page_alloc_by_order"].items():
         for gfp, n in gfps.items():
-            what.append((("page_alloc", int(order), None if gfp == "?" else gfp), n))
+            what.append((("page_alloc", int(order), None if gfp == "?" else parse_gfp(gfp)), n))
     for kind, n in counts["by_kind"].items():
         if kind not in ("syscall", "page_alloc", "memcg"):
             what.append(((kind, None, None), n))

@@ -11,9 +11,14 @@ from typing import Any, Mapping, Optional, Union
 
 from .. import __version__
 from ..errors import ReplayError
+from ..model.decode import Gfp, parse_gfp
 from ..model.failures import KINDS, Failure, KernelFailure, Ready, Snapshot
 from ..model.probes import ProbeStatus
 from ..model.totals import summary_counts
+
+
+def _gfp_text(gfp: Optional[Gfp]) -> Optional[str]:
+    return None if gfp is None else str(gfp)
 
 
 def iso_time(t: float) -> str:
@@ -27,7 +32,7 @@ def ready_obj(r: Ready) -> dict[str, Any]:
 
 
 def _kernel_failure_obj(k: KernelFailure) -> dict[str, Any]:
-    return {"kind": k.kind, "size": k.size, "order": k.order, "gfp": k.gfp,
+    return {"kind": k.kind, "size": k.size, "order": k.order, "gfp": _gfp_text(k.gfp),
             "opportunistic": k.opportunistic, "cache": k.cache,
             "kernel_stack": list(k.kernel_stack)}
 
@@ -46,7 +51,7 @@ def failure_obj(f: Failure) -> dict[str, Any]:
         "errno": f.errno,
         "size": f.size,
         "order": f.order,
-        "gfp": f.gfp,
+        "gfp": _gfp_text(f.gfp),
         "cause": f.cause,
         "explanation": f.explanation,
         "evidence": dict(f.evidence),
@@ -107,7 +112,7 @@ class _Malformed(Exception):
     """A field check failed; becomes a LineError naming the record type."""
 
 
-_MAX_ORDER = 63  # the views compute 4096 << order
+_MAX_ORDER = 63  # the views compute order_to_bytes(order)
 _MAX_TIME = 32503680000.0  # year 3000: the views turn times into local dates
 _NUMBER = re.compile(r"\d{1,10}")
 _VERSION = re.compile(r"(\d{1,9})\.(\d{1,9})")
@@ -164,6 +169,11 @@ def _opt_strs(obj: Mapping[str, Any], key: str) -> tuple[str, ...]:
     return tuple(v)
 
 
+def _opt_gfp(obj: Mapping[str, Any]) -> Optional[Gfp]:
+    text = _opt_str(obj, "gfp")
+    return None if text is None else parse_gfp(text)
+
+
 def _order(obj: Mapping[str, Any]) -> Optional[int]:
     order = _opt_int(obj, "order")
     if order is not None and not 0 <= order <= _MAX_ORDER:
@@ -191,7 +201,7 @@ def _kernel_failure_from_json(k: object) -> KernelFailure:
     if not isinstance(k, dict) or not isinstance(k.get("kind"), str):
         raise _Malformed("linked holds something that is not a kernel failure")
     return KernelFailure(kind=k["kind"], size=_opt_int(k, "size"), order=_order(k),
-                         gfp=_opt_str(k, "gfp"), opportunistic=_opt_bool(k, "opportunistic"),
+                         gfp=_opt_gfp(k), opportunistic=_opt_bool(k, "opportunistic"),
                          cache=_opt_str(k, "cache"), kernel_stack=_opt_strs(k, "kernel_stack"))
 
 
@@ -214,7 +224,7 @@ def _failure_from_json(obj: Mapping[str, Any]) -> Failure:
                    tid=_opt_int(obj, "tid") or 0, comm=_opt_str(obj, "comm") or "",
                    cgroup=_opt_str(obj, "cgroup"), cgroup_id=_opt_int(obj, "cgroup_id") or 0,
                    syscall=_opt_str(obj, "syscall"), errno=_opt_str(obj, "errno"),
-                   size=_opt_int(obj, "size"), order=_order(obj), gfp=_opt_str(obj, "gfp"),
+                   size=_opt_int(obj, "size"), order=_order(obj), gfp=_opt_gfp(obj),
                    cause=_opt_str(obj, "cause"), explanation=_opt_str(obj, "explanation"),
                    evidence=_opt_dict(obj, "evidence"),
                    confidence=_opt_str(obj, "confidence"),

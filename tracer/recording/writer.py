@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional
 
 from ..errors import WriteError
 from ..model.failures import Failure, Ready, Snapshot
+from ..model.probes import attached_count
 from ..run import Source, run
 from . import format as jsonout
 
@@ -138,7 +139,7 @@ def run_record(source: Source, writer: RecordingWriter, *, duration: Optional[fl
 
     def on_ready(r: Ready) -> None:
         writer.write_ready(r)
-        attached = sum(1 for p in r.probes if p.status == "attached")
+        attached = attached_count(r.probes)
         log(f"memtrace {r.version} on {r.kernel}: {attached}/{len(r.probes)} probes attached; "
             f"recording to {writer.path}; Ctrl-C to stop")
 

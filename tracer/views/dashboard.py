@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import __version__
-from ..model.decode import format_bytes
+from ..model.decode import format_bytes, order_to_bytes
 from ..model.failures import Failure, Snapshot
 from ..model.probes import ATTACHED, FAILED, UNAVAILABLE
 from ..model.totals import (
@@ -95,7 +95,7 @@ def _syscall_rows(s: Snapshot) -> list[Row]:
 
 
 def _page_rows(s: Snapshot) -> list[Row]:
-    return [(o, format_bytes(4096 << o), g, n)
+    return [(o, format_bytes(order_to_bytes(o)), g, n)
             for o, g, n in page_alloc_by_order(s, opportunistic=False)]
 
 
@@ -103,7 +103,7 @@ def _opportunistic_rows(s: Snapshot) -> list[Row]:
     per_order: dict[int, int] = {}
     for o, _gfp, n in page_alloc_by_order(s, opportunistic=True):
         per_order[o] = per_order.get(o, 0) + n
-    return [(o, format_bytes(4096 << o), n) for o, n in sorted(per_order.items())]
+    return [(o, format_bytes(order_to_bytes(o)), n) for o, n in sorted(per_order.items())]
 
 
 def _frame(name: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from ..model.decode import format_bytes
+from ..model.decode import format_bytes, order_to_bytes
 from ..model.failures import Failure, KernelFailure
 
 
@@ -43,7 +43,7 @@ def describe(f: Failure) -> str:
         if f.linked:
             text += " because " + " and ".join(kernel_failure_phrase(k) for k in f.linked)
     elif f.kind == "page_alloc":
-        text = (f"page allocation order {f.order} ({format_bytes(4096 << (f.order or 0))}) "
+        text = (f"page allocation order {f.order} ({format_bytes(order_to_bytes(f.order or 0))}) "
                 f"{f.gfp} failed, {who(f)}")
     elif f.kind == "slab":
         cache = f" from {f.detail['cache']}" if f.detail.get("cache") else ""

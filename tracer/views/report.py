@@ -6,7 +6,7 @@ import datetime as dt
 import sys
 from typing import Any, Optional, Sequence, TextIO
 
-from ..model.decode import format_bytes
+from ..model.decode import format_bytes, order_to_bytes
 from ..recording import format as jsonout
 from ..recording.report import Report
 from ..recording.writer import SIZE_LIMIT_DROP
@@ -39,7 +39,7 @@ def _when(t: float) -> str:
 
 
 def _order_size(order: str) -> str:
-    return format_bytes(4096 << int(order))
+    return format_bytes(order_to_bytes(int(order)))
 
 
 def _tables(r: Report) -> list[str]:
