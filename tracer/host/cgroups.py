@@ -108,16 +108,6 @@ class CgroupResolver:
                     self._missed[key] = now
         return hit
 
-    def directory(self, cgroup_id: int, memory: bool = True) -> Optional[Path]:
-        h = self._hierarchy(memory)
-        rel = self.path(cgroup_id, memory)
-        if h is None or rel is None:
-            return None
-        return h.mount / rel.lstrip("/")
-
-    def id_of(self, h: Hierarchy, rel: str) -> int:
-        return os.stat(h.mount / rel.lstrip("/")).st_ino
-
     def resolve_user_path(self, given: str) -> tuple[Hierarchy, str]:
         """A cgroup the user named, as an absolute directory or a hierarchy-relative path.
 

@@ -6,7 +6,7 @@ import sys
 from typing import Optional, TextIO
 
 from ..model.failures import Failure, Ready, Snapshot
-from ..model.probes import attached_count
+from ..model.probes import ATTACHED, attached_count
 from ..model.totals import Dashboard
 from ..recording import format as jsonout
 from ..run import Source, run
@@ -27,7 +27,7 @@ def run_watch(source: Source, *, duration: Optional[float], as_json: bool,
             emit(jsonout.dumps(jsonout.ready_obj(r)))
         else:
             attached = attached_count(r.probes)
-            others = [f"{p.name} {p.status}" for p in r.probes if p.status != "attached"]
+            others = [f"{p.name} {p.status}" for p in r.probes if p.status != ATTACHED]
             emit(f"memtrace {r.version} on {r.kernel}: {attached}/{len(r.probes)} probes attached"
                  + (f" ({', '.join(others)})" if others else "") + "; Ctrl-C to stop")
 
