@@ -6,6 +6,8 @@ import functools
 import re
 from struct import Struct, unpack_from
 
+from ..errors import HostError
+
 __all__ = ["VMLINUX_BTF", "Btf", "BtfError", "load_vmlinux"]
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
@@ -71,8 +73,9 @@ _COMPONENT_RE = re.compile(r"\s*([A-Za-z_]\w*)\s*((?:\[\s*\d+\s*\]\s*)*)$")
 _INDEX_RE = re.compile(r"\[\s*(\d+)\s*\]")
 
 
-class BtfError(Exception):
-    """The BTF is missing or malformed, or does not contain what was looked for."""
+class BtfError(HostError):
+    """The BTF is missing or malformed, or does not contain what was looked for: a kernel
+    memtrace cannot read its layouts from (a one-line error, like every HostError)."""
 
 
 class Btf:
