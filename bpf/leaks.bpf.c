@@ -7,13 +7,16 @@
  * - LK_MODE_MALLOC: uprobes on the allocator; outstanding allocations by stack key,
  *   aggregated here; one stack copy per new key.
  * Both follow forks of the traced processes and report exec and exit.
- * Struct offsets (MT_OFF_*) come from BTF, like memtrace.bpf.c's. */
+ *
+ * Every struct and constant user space reads (events, keys, drop reasons, allocator
+ * numbers) and every size bound is in memtrace.h's leak profiler section. Kernel
+ * struct offsets (MT_OFF_*) come from BTF as -D flags, like memtrace.bpf.c's. */
 #include "memtrace.h"
 
-#define LK_MAP_ANONYMOUS 0x20
+#define LK_MAP_ANONYMOUS 0x20 /* MAP_ANONYMOUS of include/uapi/asm-generic/mman-common.h */
 
 BPF_RINGBUF_OUTPUT(events, LK_RINGBUF_PAGES);
-BPF_HASH(children, u32, u8, 4096);      /* traced processes beyond the -p ones */
+BPF_HASH(children, u32, u8, LK_MAX_PROCESSES); /* traced processes beyond the -p ones */
 BPF_ARRAY(child_count, u64, 1);
 BPF_PERCPU_ARRAY(drops, u64, LK_DROP_MAX);
 
@@ -146,7 +149,7 @@ int lk_exit(struct bpf_raw_tracepoint_args *ctx)
 
 /* ======================================================================== */
 #ifdef LK_MODE_GROWTH
-BPF_HASH(brk_last, u32, u64, 4096); /* each traced process's break */
+BPF_HASH(brk_last, u32, u64, LK_MAX_PROCESSES); /* each traced process's break */
 BPF_PERCPU_ARRAY(fault_tick, u64, 1);
 
 /* sys_exit(struct pt_regs *regs, long ret): the syscalls that grow or shrink memory. */
@@ -247,26 +250,8 @@ int lk_page_fault(struct bpf_raw_tracepoint_args *ctx)
 BPF_STACK_TRACE(stacks, LK_MAX_STACKS);
 BPF_HASH(allocs, u64, struct lk_alloc, LK_MAX_ALLOCS);
 BPF_HASH(stats, struct lk_key, struct lk_stats, LK_MAX_STACKS);
-BPF_HASH(inflight, u32, struct lk_entry, 16384); /* per thread, between entry and return */
+BPF_HASH(inflight, u32, struct lk_entry, LK_MAX_INFLIGHT); /* per thread, between entry and return */
 BPF_ARRAY(failures, u64, 1);
-
-/* Allocator numbering shared with tracer/leaks.py's ALLOCATORS. */
-#define LK_FN_MALLOC 0
-#define LK_FN_CALLOC 1
-#define LK_FN_REALLOC 2
-#define LK_FN_REALLOCARRAY 3
-#define LK_FN_POSIX_MEMALIGN 4
-#define LK_FN_ALIGNED_ALLOC 5
-#define LK_FN_MEMALIGN 6
-#define LK_FN_VALLOC 7
-#define LK_FN_PVALLOC 8
-
-#ifndef LK_MIN_SIZE
-#define LK_MIN_SIZE 0
-#endif
-#ifndef LK_MAX_SIZE
-#define LK_MAX_SIZE 0xffffffffffffffffULL
-#endif
 
 static __always_inline void forget(u64 ptr);
 

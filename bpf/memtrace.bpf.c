@@ -1,14 +1,26 @@
-/* memtrace.bpf.c: every BPF program of memtrace, one section per probe family
- * (syscalls, kmem, oom, kmsg), each enabled by the probe plan with -D MT_PROBE_*.
+/* memtrace.bpf.c: the failure tracer's BPF programs (`memtrace`), one section per
+ * probe family, each compiled in when the probe plan (tracer/kernel/probes.py)
+ * chose one of its probes, with -D MT_PROBE_<family>:
+ *   MT_PROBE_SYSCALLS  failing syscalls (sys_exit)
+ *   MT_PROBE_KMEM      kernel-side allocation failures (page, slab, vmalloc, percpu)
+ *   MT_PROBE_OOM       OOM kills (mark_victim)
+ *   MT_PROBE_KMSG      the kernel's console lines that are evidence (console)
+ *   MT_PROBE_DECISIONS the kernel's decision points (kretprobes; needs MT_PROBE_KMEM)
+ * The leak profiler is the other program, bpf/leaks.bpf.c.
  *
  * One file, not one per family: bcc rewrites map calls (events.ringbuf_reserve(),
- * counts.lookup()) and loads programs only in the main source file, so families in
- * #included files compile into indirect calls the verifier rejects. One compile also
- * lets the families share the ring buffer, counters and stack map.
+ * syscall_counts.lookup()) and loads programs only in the main source file, so
+ * families in #included files compile into indirect calls the verifier rejects. One
+ * compile also lets the families share the ring buffer, counters and stack map.
  *
- * Kernel struct layouts never come from headers: every offset below (MT_OFF_*)
- * is taken from the running kernel's BTF by tracer/config.py. */
+ * Every struct and constant user space reads is in memtrace.h. Kernel struct
+ * layouts never come from headers: every offset below (MT_OFF_*) is taken from the
+ * running kernel's BTF by tracer/kernel/build.py and passed as a -D flag. */
 #include "memtrace.h"
+
+/* ======================================================================== */
+/* Shared by every family: kernel constants, maps, and the helpers that fill an
+ * event, count a drop and read the task's memory cgroup and limits. */
 
 #ifndef ENOMEM
 #define ENOMEM 12
@@ -165,7 +177,7 @@ static __always_inline s32 kernel_stack(void *ctx)
 
 /* ======================================================================== */
 #ifdef MT_PROBE_SYSCALLS
-/* syscalls.bpf.c: every syscall that fails with ENOMEM (and the memory syscalls'
+/* Failing syscalls: every syscall that fails with ENOMEM (and the memory syscalls'
  * EAGAIN), brk's silent failure, and the kernel failures that happened inside them.
  *
  * One raw tracepoint on sys_exit. The common path reads the return value and one
@@ -174,8 +186,8 @@ static __always_inline s32 kernel_stack(void *ctx)
  * sys_enter hook is needed at all. */
 
 /* Memory syscalls whose EAGAIN means a memory limit (MAP_LOCKED over
- * RLIMIT_MEMLOCK, madvise splitting at the map limit, ...). Numbers come in as -D
- * flags from tracer/config.py. */
+ * RLIMIT_MEMLOCK, madvise splitting at the map limit, ...). Numbers (MT_NR_*) come
+ * in as -D flags from tracer/kernel/build.py. */
 static __always_inline int is_memory_eagain_syscall(s64 nr)
 {
 	return nr == MT_NR_MMAP || nr == MT_NR_MPROTECT || nr == MT_NR_MREMAP ||
@@ -330,13 +342,15 @@ int mt_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 
 /* ======================================================================== */
 #ifdef MT_PROBE_KMEM
-/* kmem.bpf.c: kernel-side allocation failures: the page allocator
- * (mm_page_alloc with a NULL page), slab (kmalloc / kmem_cache_alloc returning
- * NULL), vmalloc (alloc_vmap_area failed) and percpu (percpu_alloc_percpu_fail).
+/* Kernel-side allocation failures: the page allocator (mm_page_alloc with a NULL
+ * page), slab (kmalloc / kmem_cache_alloc returning NULL), vmalloc
+ * (alloc_vmap_area failed) and percpu (percpu_alloc_percpu_fail), plus failed
+ * searches for a free virtual range (vm_unmapped_area) as evidence.
  *
  * Raw tracepoints; their argument positions are checked against the running
- * kernel's BTF (btf_trace_<name>) before this is compiled. The hot ones return on
- * the first comparison when the allocation succeeded. */
+ * kernel's BTF (btf_trace_<name>) by the probe plan before this is compiled. The
+ * hot ones return on the first comparison when the allocation succeeded.
+ * kernel_failure() is also what MT_PROBE_DECISIONS records a refusal with. */
 
 /* Record one kernel failure: count it exactly, remember it for the syscall it
  * happens in, and stream it unless it is an opportunistic attempt with a fallback. */
@@ -521,10 +535,9 @@ int mt_percpu_fail(struct bpf_raw_tracepoint_args *ctx)
 
 /* ======================================================================== */
 #ifdef MT_PROBE_OOM
-/* oom.bpf.c: OOM kills. The raw tracepoint oom:mark_victim hands us the victim's
+/* OOM kills. The raw tracepoint oom:mark_victim hands us the victim's
  * task_struct, so the victim's own pid, comm, memory cgroup and size are read
- * from it (offsets from BTF), not the killer's. Rare: no fast path needed.
- * */
+ * from it (offsets from BTF), not the killer's. Rare: no fast path needed. */
 
 static __always_inline u64 mm_counter(void *mm, u32 item)
 {
@@ -585,7 +598,7 @@ int mt_mark_victim(struct bpf_raw_tracepoint_args *ctx)
 
 /* ======================================================================== */
 #ifdef MT_PROBE_KMSG
-/* kmsg.bpf.c: the kernel's own words as evidence. printk:console carries the OOM
+/* The kernel's own words as evidence. printk:console carries the OOM
  * report's constraint line ("oom-kill:constraint=CONSTRAINT_MEMCG,...") and the
  * overcommit refusal ("__vm_enough_memory: pid: ..., not enough memory for the
  * allocation"); only lines with those prefixes are streamed. printk is rare, so
@@ -628,7 +641,8 @@ int mt_console(struct bpf_raw_tracepoint_args *ctx)
 
 /* ======================================================================== */
 #if defined(MT_PROBE_DECISIONS) && defined(MT_PROBE_KMEM)
-/* decisions: the kernel's own decision points, on hosts with kprobes. A kretprobe
+/* The kernel's own decision points, on hosts with kprobes (they record through
+ * MT_PROBE_KMEM's kernel_failure(), hence both switches). A kretprobe
  * sees the verdict; a refusal is kept, like a kernel failure, for the syscall it
  * happens in, and turns an inferred cause into a confirmed one. The return value
  * is read at pt_regs' ax offset from BTF, not from a header's struct. */
@@ -675,4 +689,4 @@ int mt_ret_mlock_future_ok(struct pt_regs *ctx)
 	kernel_failure(ctx, MT_KIND_DECISION, 0, MT_DECISION_MEMLOCK, 0, -1, 0);
 	return 0;
 }
-#endif /* MT_PROBE_DECISIONS */
+#endif /* MT_PROBE_DECISIONS && MT_PROBE_KMEM */

@@ -1,14 +1,33 @@
-/* memtrace.h: every event, key and value shared between the BPF programs and
- * user space (mirrored field by field in tracer/abi.py; a root test compares the
- * two against what bcc compiled). Fixed-width types only. */
+/* memtrace.h: every struct and constant that crosses between the BPF programs and
+ * user space, for both of them: bpf/memtrace.bpf.c (the failure tracer) and
+ * bpf/leaks.bpf.c (the leak profiler). Fixed-width types and explicit padding only.
+ *
+ * tracer/kernel/abi.py mirrors each struct with ctypes and reads each constant from
+ * this file (never a second copy of a number); tests/bpf/test_abi.py compares every
+ * mirror with the layout in the BTF bcc compiled, tests/unit/test_abi.py the constants.
+ * Constants that are plain literals can be read by that parser: keep them so.
+ *
+ * Sizes marked "#ifndef" are defaults: tracer/kernel/build.py may pass -D flags. */
 #ifndef MEMTRACE_H
 #define MEMTRACE_H
 
-/* ---- sizing bounds: each can be overridden with -D by tracer/config.py ---- */
+/* ============================ shared by both programs ============================ */
+
+/* The user-space page size the byte counts assume (x86_64, arm64's default). */
+#ifndef MT_PAGE_SIZE
+#define MT_PAGE_SIZE 4096
+#endif
+
+/* TASK_COMM_LEN of include/linux/sched.h: what bpf_get_current_comm() fills. */
+#define MT_COMM_LEN 16
+
+/* ================= failure tracer (bpf/memtrace.bpf.c, tracer/kernel/failures.py) ================= */
+
+/* ---- sizing bounds ---- */
 
 /* Ring buffer for per-event detail, in pages. 64 pages = 256 KiB carries about
- * 700 events of MT_EVENT_SIZE; failures are rare, and a burst that overflows it
- * loses detail, never totals (those live in the counter maps). */
+ * 260 records of struct mt_event (just under 1 KiB each); failures are rare, a burst that
+ * overflows it loses detail, never totals (those live in the counter maps). */
 #ifndef MT_RINGBUF_PAGES
 #define MT_RINGBUF_PAGES 64
 #endif
@@ -30,7 +49,8 @@
 #define MT_STACK_ENTRIES 4096
 #endif
 
-/* Kernel failures remembered per thread and attached to its failing syscall. */
+/* Kernel failures remembered per thread and attached to its failing syscall. A
+ * power of two: the BPF code bounds its index with & (MT_MAX_LINKED - 1). */
 #define MT_MAX_LINKED 4
 
 /* A kernel failure older than this when its syscall fails is not linked to it. */
@@ -44,15 +64,13 @@
 #define MT_MIN_BRK_ADDR 0x10000
 #endif
 
-#ifndef MT_PAGE_SIZE
-#define MT_PAGE_SIZE 4096
-#endif
+/* Slab cache name kept with a failure (kmem_cache names are short: "kmalloc-4k"). */
+#define MT_NAME_LEN 32
+/* Kernel console line captured for evidence: the OOM constraint line fits. A power
+ * of two: the BPF code bounds the copy's length with & (MT_MSG_LEN - 1). */
+#define MT_MSG_LEN 256
 
-#define MT_COMM_LEN 16
-#define MT_NAME_LEN 32   /* slab cache name; kernel console line prefix */
-#define MT_MSG_LEN 256   /* kernel console line captured for evidence (power of two) */
-
-/* ---- event kinds ---- */
+/* ---- event kinds (mt_event.kind, mt_kfail.kind, mt_kfail_key.kind) ---- */
 #define MT_KIND_SYSCALL 1
 #define MT_KIND_PAGE_ALLOC 2
 #define MT_KIND_SLAB 3
@@ -70,14 +88,14 @@
 #define MT_DECISION_MEMCG 3      /* try_charge_memcg failed: the cgroup limit */
 #define MT_DECISION_MEMLOCK 4    /* mlock_future_ok refused: RLIMIT_MEMLOCK */
 
-/* ---- event flags ---- */
+/* ---- event flags (mt_event.flags, mt_kfail.flags) ---- */
 #define MT_F_OPPORTUNISTIC 0x1  /* gfp allows failure with a fallback (__GFP_NOWARN/__GFP_NORETRY) */
 #define MT_F_BRK 0x2            /* brk returned the old break: failure without an errno */
 #define MT_F_IN_SYSCALL 0x4     /* kernel failure happened inside a syscall (nr, ip, sp known) */
 #define MT_F_KTHREAD 0x8        /* kernel failure in a kernel thread */
 #define MT_F_SLAB_CACHE 0x10    /* slab failure from kmem_cache_alloc (name is the cache) */
 
-/* ---- drop reasons (index into the drops per-CPU array) ---- */
+/* ---- drop reasons (index into the failure tracer's drops per-CPU array) ---- */
 #define MT_DROP_RINGBUF 0        /* ring buffer full: an event's detail was lost */
 #define MT_DROP_COUNTER_FULL 1   /* counter map full: a count was lost */
 #define MT_DROP_PENDING_FULL 2   /* a thread had more than MT_MAX_LINKED kernel failures in one syscall */
@@ -96,7 +114,7 @@ struct mt_kfail {
 	__s64 syscall_nr;    /* orig_ax: the syscall in progress, -1 if none */
 	__u32 kind;
 	__u32 flags;
-	__u32 order;
+	__u32 order;         /* page order; the MT_DECISION_* of a MT_KIND_DECISION */
 	__u32 gfp;
 	__s32 migratetype;
 	__s32 kernel_stack_id;
@@ -120,7 +138,7 @@ struct mt_task_evidence {
 	__u32 valid;            /* 1 when the task had an mm and the reads succeeded */
 };
 
-/* Everything user space learns about one failure. */
+/* Everything user space learns about one failure: the `events` ring buffer's record. */
 struct mt_event {
 	__u64 ts_ns;            /* bpf_ktime_get_ns() */
 	__u64 cgroup_id;        /* cgroup v2 id of the task (bpf_get_current_cgroup_id) */
@@ -147,7 +165,7 @@ struct mt_event {
 	char msg[MT_MSG_LEN];   /* kernel console line (MT_KIND_KMSG) */
 };
 
-/* Exact syscall failure counts. */
+/* Exact syscall failure counts: the key of `syscall_counts` (value: __u64 count). */
 struct mt_syscall_key {
 	__u64 memcg_id;
 	__u32 pid;
@@ -157,7 +175,7 @@ struct mt_syscall_key {
 	char comm[MT_COMM_LEN];
 };
 
-/* Exact kernel-side failure counts. */
+/* Exact kernel-side failure counts: the key of `kfail_counts` (value: __u64 count). */
 struct mt_kfail_key {
 	__u64 memcg_id;
 	__u32 pid;
@@ -169,14 +187,51 @@ struct mt_kfail_key {
 	char comm[MT_COMM_LEN];
 };
 
-/* Per-thread kernel failures awaiting their syscall's return. */
+/* Per-thread kernel failures awaiting their syscall's return: the value of
+ * `pending` (kernel-side only; mirrored so its layout is checked like the rest). */
 struct mt_pending {
 	__u32 n;
 	__u32 pad;
 	struct mt_kfail kf[MT_MAX_LINKED];
 };
 
-/* ======================= leak profiling (bpf/leaks.bpf.c) ======================= */
+/* ================== leak profiler (bpf/leaks.bpf.c, tracer/kernel/leaks.py) ================== */
+
+/* ---- what to trace: -D flags from tracer/kernel/build.py leak_cflags ---- */
+
+/* The processes given with -p (0: unused slot); their children are followed. */
+#ifndef LK_PID0
+#define LK_PID0 0
+#endif
+#ifndef LK_PID1
+#define LK_PID1 0
+#endif
+#ifndef LK_PID2
+#define LK_PID2 0
+#endif
+#ifndef LK_PID3
+#define LK_PID3 0
+#endif
+
+/* Malloc mode tracks only allocations with LK_MIN_SIZE <= size <= LK_MAX_SIZE. */
+#ifndef LK_MIN_SIZE
+#define LK_MIN_SIZE 0
+#endif
+#ifndef LK_MAX_SIZE
+#define LK_MAX_SIZE 0xffffffffffffffffULL
+#endif
+
+/* Growth mode samples one user write fault in LK_FAULT_PERIOD. */
+#ifndef LK_FAULT_PERIOD
+#define LK_FAULT_PERIOD 64
+#endif
+
+/* Malloc mode tracks one allocation in LK_SAMPLE (1 = every one: exact). */
+#ifndef LK_SAMPLE
+#define LK_SAMPLE 1
+#endif
+
+/* ---- sizing bounds ---- */
 
 /* Bytes of user stack copied at an event, for DWARF unwinding in user space (as
  * perf --call-graph dwarf does). 8 KiB holds the frames of most call chains. */
@@ -184,7 +239,8 @@ struct mt_pending {
 #define LK_STACK_BYTES 8192
 #endif
 
-/* Ring buffer for leak events (each carries a stack copy): 4 MiB = ~500 events. */
+/* Ring buffer for leak events (each carries its stack copy: struct lk_event is
+ * 8 KiB and more): 1024 pages = 4 MiB = ~500 events. */
 #ifndef LK_RINGBUF_PAGES
 #define LK_RINGBUF_PAGES 1024
 #endif
@@ -199,16 +255,18 @@ struct mt_pending {
 #define LK_MAX_STACKS 16384
 #endif
 
-/* Growth mode samples one user write fault in LK_FAULT_PERIOD. */
-#ifndef LK_FAULT_PERIOD
-#define LK_FAULT_PERIOD 64
+/* Traced processes: the -p ones and every process they fork (one entry each in
+ * the children and brk_last maps); a tree larger than this is followed in part. */
+#ifndef LK_MAX_PROCESSES
+#define LK_MAX_PROCESSES 4096
 #endif
 
-/* Malloc mode tracks one allocation in LK_SAMPLE (1 = every one: exact). */
-#ifndef LK_SAMPLE
-#define LK_SAMPLE 1
+/* Threads inside an allocator call at one moment (between uprobe and uretprobe). */
+#ifndef LK_MAX_INFLIGHT
+#define LK_MAX_INFLIGHT 16384
 #endif
 
+/* ---- event kinds (lk_event.kind) ---- */
 #define LK_EV_MMAP 1        /* anonymous mapping created: grows the process */
 #define LK_EV_MUNMAP 2      /* range unmapped: shrinks */
 #define LK_EV_MREMAP 3      /* mapping moved or resized */
@@ -221,49 +279,68 @@ struct mt_pending {
 #define LK_EV_EXEC 10       /* a traced process exec'd */
 #define LK_EV_EXIT 11       /* a traced process exited */
 
-#define LK_DROP_RINGBUF 0
-#define LK_DROP_ALLOCS_FULL 1
-#define LK_DROP_STACKS_FULL 2
-#define LK_DROP_STACK_ID 3
-#define LK_DROP_STACK_COPY 4
+/* ---- drop reasons (index into the leak profiler's drops per-CPU array) ---- */
+#define LK_DROP_RINGBUF 0      /* ring buffer full: an event (and its stack) was lost */
+#define LK_DROP_ALLOCS_FULL 1  /* allocs map full: an allocation is not tracked */
+#define LK_DROP_STACKS_FULL 2  /* stats map full: a new stack key is not counted */
+#define LK_DROP_STACK_ID 3     /* frame-pointer stack id could not be taken */
+#define LK_DROP_STACK_COPY 4   /* not even 256 bytes of user stack could be copied */
 #define LK_DROP_MAX 5
+
+/* ---- allocator functions (lk_entry.fn, lk_event.fn): the index of each in
+ * ALLOCATORS of tracer/model/leaks.py (tests/unit/test_abi.py checks the order) ---- */
+#define LK_FN_MALLOC 0
+#define LK_FN_CALLOC 1
+#define LK_FN_REALLOC 2
+#define LK_FN_REALLOCARRAY 3
+#define LK_FN_POSIX_MEMALIGN 4
+#define LK_FN_ALIGNED_ALLOC 5
+#define LK_FN_MEMALIGN 6
+#define LK_FN_VALLOC 7
+#define LK_FN_PVALLOC 8
 
 /* Malloc mode's stack key: the frame-pointer stack id plus the return address at
  * the allocator's entry (the direct caller, which a frame-pointer walk from inside
- * malloc misses, and which tells call sites apart when frame pointers are absent). */
+ * malloc misses, and which tells call sites apart when frame pointers are absent).
+ * The key of `stats`. */
 struct lk_key {
 	__s32 stack_id;
 	__u32 pid;
 	__u64 caller;
 };
 
+/* Outstanding memory of one stack key: the value of `stats`. */
 struct lk_stats {
 	__u64 bytes;    /* outstanding */
 	__u64 count;    /* outstanding allocations */
 	__u64 total;    /* allocations ever made from this key */
 };
 
+/* One outstanding allocation: the value of `allocs` (key: its address), read by
+ * user space for --min-age. */
 struct lk_alloc {
 	__u64 size;
 	__u64 ts_ns;
 	struct lk_key key;
 };
 
-/* An allocator call in progress (between its uprobe and uretprobe). */
+/* An allocator call in progress (between its uprobe and uretprobe): the value of
+ * `inflight` (kernel-side only; mirrored so its layout is checked like the rest). */
 struct lk_entry {
 	__u64 size;
 	__u64 old_ptr;   /* realloc's block */
 	__u64 memptr;    /* posix_memalign's out-parameter */
 	struct lk_key key;
-	__u32 fn;        /* which allocator function (user space's numbering) */
+	__u32 fn;        /* LK_FN_* */
 	__u32 pad;
 };
 
+/* One leak-profiler event: the `events` ring buffer's record. */
 struct lk_event {
 	__u64 ts_ns;
 	__u32 pid;
 	__u32 tid;
-	__u32 kind;
+	__u32 kind;        /* LK_EV_* */
 	__u32 stack_len;   /* valid bytes in stack[] */
 	__u64 addr;
 	__u64 len;
@@ -275,7 +352,7 @@ struct lk_event {
 	__u64 bp;
 	struct lk_key key;
 	__u32 child_pid;
-	__u32 fn;
+	__u32 fn;          /* LK_FN_* */
 	char comm[MT_COMM_LEN];
 	__u8 stack[LK_STACK_BYTES];
 };

@@ -7,6 +7,8 @@ logic itself is unit-tested in tests/unit/test_decisions.py."""
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +21,13 @@ from tracer.kernel.probes import PLAN, choose, kprobe_check
 pytestmark = pytest.mark.bpf
 
 DECISION_FUNCTIONS = [c.fn for p in PLAN if p.family == "DECISIONS" for c in p.candidates]
+BPF_PROG_TYPE_KPROBE = "2"  # include/uapi/linux/bpf.h: kprobes and kretprobes
+
+
+def _prog_fdinfo(fd: int) -> dict[str, str]:
+    """The kernel's own description of a loaded program (type, id, tag, ...)."""
+    lines = Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines()
+    return dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines))
 
 
 def test_decision_programs_pass_the_verifier():
@@ -30,10 +39,18 @@ def test_decision_programs_pass_the_verifier():
     b = BPF(src_file=str(abi.bpf_dir() / "memtrace.bpf.c").encode(), cflags=flags)
     try:
         assert len(DECISION_FUNCTIONS) == 4
-        for fn in DECISION_FUNCTIONS:
-            assert b.load_func(fn.encode(), BPF.KPROBE).fd >= 0
+        loaded = {fn: _prog_fdinfo(b.load_func(fn.encode(), BPF.KPROBE).fd)
+                  for fn in DECISION_FUNCTIONS}
     finally:
         b.cleanup()
+    for fn, info in loaded.items():
+        assert info["prog_type"] == BPF_PROG_TYPE_KPROBE, fn
+        assert int(info["prog_id"]) > 0, fn
+        assert re.fullmatch(r"[0-9a-f]{16}", info["prog_tag"]), fn
+        if "verified_insns" in info:  # reported since Linux 5.16
+            assert int(info["verified_insns"]) > 0, fn
+    # Four programs, each its own code: the tag is a hash of the instructions.
+    assert len({info["prog_tag"] for info in loaded.values()}) == 4
 
 
 def test_plan_reports_decision_probes_by_kprobe_support():

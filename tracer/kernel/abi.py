@@ -25,23 +25,29 @@ def _header_constants() -> dict[str, int]:
     return out
 
 
+# Every MT_*/LK_* constant of the header by name (the header's defaults, before -D flags).
 C = _header_constants()
+
+# ---- failure tracer (bpf/memtrace.bpf.c) ----------------------------------------------------
 
 MT_MAX_LINKED = C["MT_MAX_LINKED"]
 MT_COMM_LEN = C["MT_COMM_LEN"]
 MT_NAME_LEN = C["MT_NAME_LEN"]
 MT_MSG_LEN = C["MT_MSG_LEN"]
 
-KIND_SYSCALL = C["MT_KIND_SYSCALL"]
-KIND_PAGE_ALLOC = C["MT_KIND_PAGE_ALLOC"]
-KIND_SLAB = C["MT_KIND_SLAB"]
-KIND_VMALLOC = C["MT_KIND_VMALLOC"]
-KIND_PERCPU = C["MT_KIND_PERCPU"]
-KIND_OOM_KILL = C["MT_KIND_OOM_KILL"]
-KIND_MEMCG = C["MT_KIND_MEMCG"]
-KIND_KMSG = C["MT_KIND_KMSG"]
-KIND_UNMAPPED_AREA = C["MT_KIND_UNMAPPED_AREA"]
-KIND_DECISION = C["MT_KIND_DECISION"]
+KIND_NAMES = {
+    C["MT_KIND_SYSCALL"]: "syscall",
+    C["MT_KIND_PAGE_ALLOC"]: "page_alloc",
+    C["MT_KIND_SLAB"]: "slab",
+    C["MT_KIND_VMALLOC"]: "vmalloc",
+    C["MT_KIND_PERCPU"]: "percpu",
+    C["MT_KIND_OOM_KILL"]: "oom_kill",
+    C["MT_KIND_MEMCG"]: "memcg",
+    C["MT_KIND_KMSG"]: "kmsg",
+    C["MT_KIND_UNMAPPED_AREA"]: "unmapped_area",
+    C["MT_KIND_DECISION"]: "decision",
+}
+
 DECISION_NAMES = {
     C["MT_DECISION_OVERCOMMIT"]: "overcommit",
     C["MT_DECISION_VM_LIMIT"]: "vm_limit",
@@ -49,24 +55,9 @@ DECISION_NAMES = {
     C["MT_DECISION_MEMLOCK"]: "rlimit_memlock",
 }
 
-KIND_NAMES = {
-    KIND_SYSCALL: "syscall",
-    KIND_PAGE_ALLOC: "page_alloc",
-    KIND_SLAB: "slab",
-    KIND_VMALLOC: "vmalloc",
-    KIND_PERCPU: "percpu",
-    KIND_OOM_KILL: "oom_kill",
-    KIND_MEMCG: "memcg",
-    KIND_KMSG: "kmsg",
-    KIND_UNMAPPED_AREA: "unmapped_area",
-    KIND_DECISION: "decision",
-}
-
+# The event flags user space reads (the header has more, set and read in the kernel).
 F_OPPORTUNISTIC = C["MT_F_OPPORTUNISTIC"]
 F_BRK = C["MT_F_BRK"]
-F_IN_SYSCALL = C["MT_F_IN_SYSCALL"]
-F_KTHREAD = C["MT_F_KTHREAD"]
-F_SLAB_CACHE = C["MT_F_SLAB_CACHE"]
 
 DROP_NAMES = {
     C["MT_DROP_RINGBUF"]: "ringbuf_full",
@@ -75,10 +66,11 @@ DROP_NAMES = {
     C["MT_DROP_USER_STACK"]: "user_stack",
     C["MT_DROP_KERNEL_STACK"]: "kernel_stack",
 }
-assert len(DROP_NAMES) == C["MT_DROP_MAX"]
 
 
 class KFail(ct.Structure):
+    """struct mt_kfail"""
+
     _fields_ = [
         ("ts_ns", ct.c_uint64),
         ("size", ct.c_uint64),
@@ -96,6 +88,8 @@ class KFail(ct.Structure):
 
 
 class TaskEvidence(ct.Structure):
+    """struct mt_task_evidence"""
+
     _fields_ = [
         ("total_vm", ct.c_uint64),
         ("data_vm", ct.c_uint64),
@@ -112,6 +106,8 @@ class TaskEvidence(ct.Structure):
 
 
 class Event(ct.Structure):
+    """struct mt_event"""
+
     _fields_ = [
         ("ts_ns", ct.c_uint64),
         ("cgroup_id", ct.c_uint64),
@@ -140,6 +136,8 @@ class Event(ct.Structure):
 
 
 class SyscallKey(ct.Structure):
+    """struct mt_syscall_key"""
+
     _fields_ = [
         ("memcg_id", ct.c_uint64),
         ("pid", ct.c_uint32),
@@ -151,6 +149,8 @@ class SyscallKey(ct.Structure):
 
 
 class KFailKey(ct.Structure):
+    """struct mt_kfail_key"""
+
     _fields_ = [
         ("memcg_id", ct.c_uint64),
         ("pid", ct.c_uint32),
@@ -164,25 +164,17 @@ class KFailKey(ct.Structure):
 
 
 class Pending(ct.Structure):
+    """struct mt_pending (kernel-side only: mirrored so its layout is checked too)"""
+
     _fields_ = [("n", ct.c_uint32), ("pad", ct.c_uint32), ("kf", KFail * MT_MAX_LINKED)]
 
 
-# For the root test that compares these with the layout bcc compiled.
-MIRRORED = {
-    "mt_kfail": KFail,
-    "mt_event": Event,
-    "mt_task_evidence": TaskEvidence,
-    "mt_syscall_key": SyscallKey,
-    "mt_kfail_key": KFailKey,
-    "mt_pending": Pending,
-}
-
-
 def cstr(raw: bytes) -> str:
+    """A NUL-terminated char array as text (hostile bytes are replaced, never raised on)."""
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
-# ---- leak profiling (bpf/leaks.bpf.c) ------------------------------------------------------
+# ---- leak profiler (bpf/leaks.bpf.c) --------------------------------------------------------
 
 LK_STACK_BYTES = C["LK_STACK_BYTES"]
 LK_EV_MMAP = C["LK_EV_MMAP"]
@@ -204,18 +196,42 @@ LEAK_DROP_NAMES = {
     C["LK_DROP_STACK_ID"]: "stack_id",
     C["LK_DROP_STACK_COPY"]: "stack_copy",
 }
-assert len(LEAK_DROP_NAMES) == C["LK_DROP_MAX"]
 
 
 class LeakKey(ct.Structure):
+    """struct lk_key"""
+
     _fields_ = [("stack_id", ct.c_int32), ("pid", ct.c_uint32), ("caller", ct.c_uint64)]
 
 
 class LeakStats(ct.Structure):
+    """struct lk_stats"""
+
     _fields_ = [("bytes", ct.c_uint64), ("count", ct.c_uint64), ("total", ct.c_uint64)]
 
 
+class LeakAlloc(ct.Structure):
+    """struct lk_alloc"""
+
+    _fields_ = [("size", ct.c_uint64), ("ts_ns", ct.c_uint64), ("key", LeakKey)]
+
+
+class LeakEntry(ct.Structure):
+    """struct lk_entry (kernel-side only: mirrored so its layout is checked too)"""
+
+    _fields_ = [
+        ("size", ct.c_uint64),
+        ("old_ptr", ct.c_uint64),
+        ("memptr", ct.c_uint64),
+        ("key", LeakKey),
+        ("fn", ct.c_uint32),
+        ("pad", ct.c_uint32),
+    ]
+
+
 class LeakEvent(ct.Structure):
+    """struct lk_event"""
+
     _fields_ = [
         ("ts_ns", ct.c_uint64),
         ("pid", ct.c_uint32),
@@ -238,4 +254,18 @@ class LeakEvent(ct.Structure):
     ]
 
 
-MIRRORED.update({"lk_key": LeakKey, "lk_stats": LeakStats, "lk_event": LeakEvent})
+# Every struct of memtrace.h by its C name: tests/unit/test_abi.py checks that none is
+# missing, tests/bpf/test_abi.py that each matches the layout in the BTF bcc compiled.
+MIRRORED: dict[str, type[ct.Structure]] = {
+    "mt_kfail": KFail,
+    "mt_task_evidence": TaskEvidence,
+    "mt_event": Event,
+    "mt_syscall_key": SyscallKey,
+    "mt_kfail_key": KFailKey,
+    "mt_pending": Pending,
+    "lk_key": LeakKey,
+    "lk_stats": LeakStats,
+    "lk_alloc": LeakAlloc,
+    "lk_entry": LeakEntry,
+    "lk_event": LeakEvent,
+}

@@ -19,7 +19,7 @@ class Candidate:
 @dataclass(frozen=True)
 class ProbeSpec:
     name: str
-    family: str  # MT_PROBE_<family> enables its C file
+    family: str  # -DMT_PROBE_<family> compiles its section of bpf/memtrace.bpf.c
     core: bool  # memtrace is useless without it
     what: str
     candidates: Sequence[Candidate]
