@@ -23,7 +23,7 @@ help: ## show this help
 	@echo "usage: sudo make <target>   (as root, plain 'make <target>')"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: ## install packages, kernel headers, .venv and /usr/local/bin/memtrace (root)
+setup: ## install packages, headers, .venv; memtrace in /usr/local/lib/memtrace (root)
 	bash scripts/setup.sh
 
 # The venv alone (no root needed once it exists): for test-unit and lint.
@@ -64,7 +64,7 @@ bench: setup ## run the benchmarks (bench/run_all.py) if present
 	@if [ -f bench/run_all.py ]; then $(PY) bench/run_all.py; \
 	else echo "bench/run_all.py not found: nothing to run"; fi
 
-uninstall: ## remove the /usr/local/bin/memtrace launcher (root)
+uninstall: ## remove /usr/local/bin/memtrace and /usr/local/lib/memtrace (root)
 	bash scripts/setup.sh --uninstall
 
 clean: ## remove .venv, build artifacts and caches

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -11,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import pytest
+from tests import needs
 
 SOURCE = Path(__file__).resolve().parent / "fixtures" / "leaky.c"
 LEAK_BYTES = 1024
@@ -21,8 +20,7 @@ TICK_US = 200_000
 
 
 def build(tmp: Path, frame_pointers: bool) -> Path:
-    if not shutil.which("gcc"):
-        pytest.skip("gcc is needed to build the leaking fixture")
+    needs.program("gcc", "gcc")
     out = tmp / ("leaky_fp" if frame_pointers else "leaky_nofp")
     fp = "-fno-omit-frame-pointer" if frame_pointers else "-fomit-frame-pointer"
     subprocess.run(["gcc", "-O2", "-g", fp, "-o", str(out), str(SOURCE)], check=True)

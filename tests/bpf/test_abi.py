@@ -19,6 +19,7 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
+from tests import needs
 from tracer.host import system as host
 from tracer.kernel import abi
 from tracer.kernel.btf import load_vmlinux
@@ -169,10 +170,8 @@ def compiled() -> Iterator[dict[str, dict[str, StructLayout]]]:
     """build name -> {struct name -> layout} for every mirrored struct in that build's BTF."""
     from bcc import BPF
 
-    bpftool = _bpftool()
-    if bpftool is None:
-        pytest.skip("bpftool is not installed (optional: scripts/setup.sh installs it where "
-                    "the distribution has it); it reads back the BTF bcc compiled")
+    # bpftool reads back the BTF bcc compiled; set-up installs it where the distribution has it
+    bpftool = _bpftool() or needs.program("bpftool", "bpftool")
     host.prepare_headers()
     out: dict[str, dict[str, StructLayout]] = {}
     for build in _builds():

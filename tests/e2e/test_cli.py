@@ -17,7 +17,6 @@ import platform
 import queue
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -28,6 +27,7 @@ from typing import Optional
 
 import pytest
 
+from tests import needs
 from tests import workloads as w
 from tests.e2e import installed
 from tracer import __version__
@@ -426,8 +426,8 @@ def _wait_screen(sock: str, session: str, pred, timeout: float, history: bool = 
     pytest.fail(f"the screen never showed what was expected within {timeout}s:\n{screen}")
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 def test_top_dashboard_in_a_terminal():
+    needs.program("tmux", "tmux")
     # a private tmux server on its own socket: only ours is killed, and its socket removed
     sock = os.path.join(tempfile.gettempdir(), f"memtrace-e2e-tmux-{uuid.uuid4().hex[:8]}")
     session = "top"
@@ -528,8 +528,8 @@ def test_unknown_cgroup():
     assert "/no/such/cgroup" in line and "no such cgroup" in line
 
 
-@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
 def test_not_root():
+    needs.program("setpriv", "util-linux")
     r = _run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
               MEMTRACE, "watch", "--duration", "1"])
     line = _one_line_error(r)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
+from tests import needs
 from tests.e2e import installed
 
 pytestmark = pytest.mark.e2e
@@ -61,8 +61,8 @@ def test_exit_0_for_a_process_with_room():
         p.wait()
 
 
-@pytest.mark.skipif(not shutil.which("setpriv"), reason="setpriv (util-linux) missing")
 def test_no_root_needed_for_own_process():
+    needs.program("setpriv", "util-linux")
     # an unprivileged user examines its own shell
     r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                         "sh", "-c", f'exec {MEMTRACE} explain --json $$'],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import time
@@ -12,13 +11,13 @@ import urllib.request
 
 import pytest
 
+from tests import needs
 from tests import workloads as w
 from tests.e2e import installed
 
 pytestmark = pytest.mark.e2e
 
 MEMTRACE = installed.MEMTRACE
-PROMETHEUS = shutil.which("prometheus")
 N = 7
 
 MMAPS = """
@@ -51,8 +50,8 @@ def query(prom: str, promql: str) -> list[dict]:
     return obj["data"]["result"]
 
 
-@pytest.mark.skipif(PROMETHEUS is None, reason="Debian's prometheus package is not installed")
 def test_prometheus_scrapes_exact_counts_and_labels(tmp_path):
+    prometheus = needs.program("prometheus", "prometheus")
     metrics_port, prom_port = free_port(), free_port()
     exporter = subprocess.Popen([MEMTRACE, "export", "--listen", f"127.0.0.1:{metrics_port}"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -72,7 +71,7 @@ def test_prometheus_scrapes_exact_counts_and_labels(tmp_path):
         text = get(f"http://127.0.0.1:{metrics_port}/metrics")
         assert "# HELP memtrace_syscall_failures_total" in text
         assert 'memtrace_probe_attached{probe="syscall_exit",via="raw_tp"} 1.0' in text
-        prom = subprocess.Popen([PROMETHEUS, f"--config.file={config}",
+        prom = subprocess.Popen([prometheus, f"--config.file={config}",
                                  f"--storage.tsdb.path={tmp_path / 'data'}",
                                  f"--web.listen-address=127.0.0.1:{prom_port}"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
+from tests import needs
 from tracer.views.flamegraph import flamegraph_html, write_flamegraph
 
 pytestmark = pytest.mark.e2e
@@ -39,17 +40,12 @@ STACKS = [
      "frames": ["tiny (mod)", "other (mod2)", "main (app)"]},
 ]  # 74 MiB in all; the "leaky" module holds 50 MiB (67.6%)
 
-needs_chromium = pytest.mark.skipif(
-    not os.access(CHROMIUM, os.X_OK),
-    reason=f"headless Chromium is not installed at {CHROMIUM} (apt-get install chromium)",
-)
-
-
 def _chromium(tmp_path: Path, page: Path, *extra: str) -> str:
     """Run headless Chromium on `page` with `extra` flags; its stdout. Killed whole on timeout."""
+    chromium = needs.program(CHROMIUM, "chromium")
     profile = tmp_path / "chromium-profile"
     profile.mkdir(exist_ok=True)
-    argv = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+    argv = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
             "--no-first-run", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=2000",
             *extra, page.resolve().as_uri()]
@@ -105,7 +101,6 @@ def _frames(dom: str) -> _Frames:
     return parser
 
 
-@needs_chromium
 def test_script_draws_a_frame_per_stack_frame(tmp_path: Path):
     page = tmp_path / "leaks.html"
     write_flamegraph(page, STACKS, "memtrace leaks: pid 4242")
@@ -181,7 +176,6 @@ PROBE = """
 """
 
 
-@needs_chromium
 def test_hover_zoom_reset_and_search(tmp_path: Path):
     """Real DOM events, fired by a probe script appended to the page (the page's own content
     security policy, which admits only its own script, is taken out for this)."""
@@ -214,7 +208,6 @@ def test_hover_zoom_reset_and_search(tmp_path: Path):
     assert out["search"]["dimmed"] == 12
 
 
-@needs_chromium
 def test_screenshot_looks_like_something(tmp_path: Path):
     page = tmp_path / "leaks.html"
     write_flamegraph(page, STACKS, "memtrace leaks: pid 4242")

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import time
 
 import pytest
 
-from tests import leakfix
+from tests import leakfix, needs
 from tests.e2e import installed
 
 pytestmark = pytest.mark.e2e
 
 MEMTRACE = installed.MEMTRACE
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def test_leaks_cli_json_folded_and_flamegraph(tmp_path):
@@ -49,9 +47,8 @@ def test_leaks_cli_json_folded_and_flamegraph(tmp_path):
     lines = folded.read_text().splitlines()
     assert any("leak_here (" in line for line in lines)
     assert all(line.rsplit(" ", 1)[1].isdigit() for line in lines)
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed: the flame graph was written but not rendered")
-    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+    chromium = needs.program("chromium", "chromium")  # renders the flame graph just written
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
                           "--disable-quic", "--no-first-run", "--disable-background-networking",
                           "--disable-component-update", "--disable-sync",
                           f"--user-data-dir={tmp_path / 'chrome'}",
