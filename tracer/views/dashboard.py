@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Optional
 
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -30,6 +29,7 @@ from ..model.totals import (
     total_failures,
 )
 from .lines import describe
+from .terminal import cell, inert, inert_ascii, measuring_console
 
 WAITING = "waiting for allocation failures\u2026 (Ctrl-C to stop)"
 PLAIN_MAX_ROWS = 20  # rows per table in the periodic plain-text report
@@ -107,7 +107,7 @@ def _opportunistic_rows(s: Snapshot) -> list[Row]:
 
 
 def _frame(name: str) -> str:
-    name = _MODULE.sub("", _OFFSET.sub("", name)).strip() or name
+    name = inert(_MODULE.sub("", _OFFSET.sub("", name)).strip() or name)
     if len(name) > _FRAME_WIDTH:
         name = name[: _FRAME_WIDTH - 1] + "\u2026"
     return name
@@ -126,15 +126,15 @@ def _frames(f: Failure, n: int = 3) -> str:
 
 
 def _height(r: RenderableType, width: int) -> int:
-    console = Console(width=width, file=io.StringIO(), color_system=None, legacy_windows=False)
+    console = measuring_console(width)
     return len(console.render_lines(r, console.options.update(width=width), pad=False))
 
 
 def _header(d: Dashboard, now: Optional[float]) -> Text:
     s = d.snapshot
     text = Text(no_wrap=False)
-    text.append(f"memtrace {_version(d)}", style="bold")
-    text.append(f" \u00b7 kernel {_kernel(d)} \u00b7 ")
+    text.append(f"memtrace {inert(_version(d))}", style="bold")
+    text.append(f" \u00b7 kernel {inert(_kernel(d))} \u00b7 ")
     total = total_failures(s)
     text.append(f"{total} failures", style="bold red" if total else "bold")
     text.append(f" \u00b7 {_opportunistic_total(s)} opportunistic \u00b7 up {_up(d, now)}")
@@ -150,7 +150,7 @@ def _probe_line(d: Dashboard) -> Text:
     for p in probes:
         text.append(" ")
         label = p.name if p.status == ATTACHED else f"{p.name}({p.status})"
-        text.append(label, style=_STATUS_STYLE.get(p.status, "red"))
+        text.append(inert(label), style=_STATUS_STYLE.get(p.status, "red"))
     return text
 
 
@@ -163,7 +163,7 @@ def _footer(d: Dashboard) -> Text:
     for i, (name, n) in enumerate(items):
         if i:
             text.append(" \u00b7 ", style="dim")
-        text.append(f"{name} {n}", style="bold red" if n else "dim")
+        text.append(f"{inert(name)} {n}", style="bold red" if n else "dim")
     text.append(f" \u00b7 events received: {d.events_seen}", style="dim")
     return text
 
@@ -179,7 +179,7 @@ def _table(title: str, columns: Sequence[tuple[str, str]], rows: Sequence[Row],
     for name, justify in columns:
         t.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis")  # type: ignore[arg-type]
     for row in shown:
-        t.add_row(*(str(x) for x in row))
+        t.add_row(*(cell(x) for x in row))  # every cell inert, never parsed as markup
     return t
 
 
@@ -268,11 +268,11 @@ def _recent_table(events: Sequence[Failure], more: int) -> Table:
     for f in reversed(events):  # newest first
         what = Text(describe(f))
         if f.cause:
-            what.append(f"  [cause: {f.cause}]", style="yellow")
+            what.append(f"  [cause: {inert(f.cause)}]", style="yellow")
         frames = _frames(f)
         if frames:
             what.append("\n" + frames, style="dim")
-        kind = Text(f.kind, style="bold red" if f.kind == "oom_kill" else "cyan")
+        kind = cell(f.kind, style="bold red" if f.kind == "oom_kill" else "cyan")
         t.add_row(dt.datetime.fromtimestamp(f.time).strftime("%H:%M:%S"), kind, what)
     return t
 
@@ -321,14 +321,10 @@ def render(d: Dashboard, *, width: int = 120, height: int = 40,
 # --------------------------------------------------------------------------- plain text
 
 
-def ascii_text(value: Any) -> str:
-    return str(value).encode("ascii", "backslashreplace").decode("ascii")
-
-
 def ascii_table(title: str, columns: Sequence[tuple[str, str]], rows: Sequence[Row],
                  cap: Optional[int] = None) -> list[str]:
     shown = list(rows if cap is None else rows[:cap])
-    cells = [[ascii_text(c) for c in row] for row in shown]
+    cells = [[inert_ascii(c) for c in row] for row in shown]
     widths = [max([len(name)] + [len(r[i]) for r in cells]) for i, (name, _) in
               enumerate(columns)]
     rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
@@ -382,7 +378,7 @@ def _plain_tables(s: Snapshot, cap: Optional[int], d: Optional[Dashboard] = None
 
 def _drops_line(d: Dashboard) -> str:
     items = ", ".join(f"{k} {n}" for k, n in d.snapshot.drops.items()) or "none"
-    return ascii_text(f"dropped: {items}")
+    return inert_ascii(f"dropped: {items}")
 
 
 def _totals_lines(s: Snapshot) -> list[str]:
@@ -414,7 +410,7 @@ def render_plain(d: Dashboard, now: Optional[float] = None) -> str:
         lines.append("no allocation failures yet")
     lines += _plain_tables(s, PLAIN_MAX_ROWS, d)
     lines += ["", f"{_drops_line(d)} | events received: {d.events_seen}"]
-    return "\n".join(ascii_text(x) for x in lines) + "\n"
+    return "\n".join(inert_ascii(x) for x in lines) + "\n"
 
 
 def summary_text(d: Dashboard) -> str:
@@ -428,4 +424,4 @@ def summary_text(d: Dashboard) -> str:
     lines += _totals_lines(s)
     lines += _plain_tables(s, None, d)
     lines += ["", _drops_line(d)]
-    return "\n".join(ascii_text(x) for x in lines) + "\n"
+    return "\n".join(inert_ascii(x) for x in lines) + "\n"

@@ -25,18 +25,21 @@ def run_explain(pid: int, as_json: bool, out: TextIO = sys.stdout) -> int:
                               "limits": [r.to_json() for r in rows],
                               "danger": [r.name for r in danger]}) + "\n")
         return 1 if danger else 0
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=out, width=120)
-    table = Table(title=f"headroom of pid {pid} ({comm}), most at risk first")
+    from .terminal import cell, table_console
+
+    console = table_console(out)
+    # the comm is the process's own choice and notes quote cgroup paths: every cell inert
+    table = Table(title=cell(f"headroom of pid {pid} ({comm}), most at risk first"))
     for col in ("limit", "used", "of", "%", "raise with", "note"):
         table.add_column(col, justify="right" if col in ("used", "of", "%") else "left")
     for r in rows:
         pct = "" if r.fraction is None else f"{100 * r.fraction:.0f}%"
         style = "bold red" if r in danger else None
-        table.add_row(r.name, "" if r.used is None else _fmt(r, r.used), _fmt(r, r.limit), pct,
-                      r.setting, r.note, style=style)
+        table.add_row(*(cell(x) for x in (r.name, "" if r.used is None else _fmt(r, r.used),
+                                           _fmt(r, r.limit), pct, r.setting, r.note)),
+                      style=style)
     console.print(table)
     console.print(f"{len(danger)} limit(s) above {DANGER:.0%}" if danger else
                   f"nothing above {DANGER:.0%} of its limit")

@@ -10,6 +10,7 @@ from typing import Any, Optional, TextIO
 from ..model.decode import format_bytes
 from ..model.leaks import LeakProfile, StackStats
 from ..run import StopFlag
+from .terminal import cell, inert
 
 SPARK = " ▁▂▃▄▅▆▇█"
 
@@ -24,7 +25,7 @@ def sparkline(values: list[int]) -> str:
 
 
 def _where(s: StackStats, n: int = 4) -> str:
-    return " <- ".join(s.frames[:n]) + (" ..." if len(s.frames) > n else "")
+    return " <- ".join(inert(f) for f in s.frames[:n]) + (" ..." if len(s.frames) > n else "")
 
 
 def render(p: LeakProfile, width: int, top: int, live: set[int], elapsed: float) -> Any:
@@ -48,9 +49,9 @@ def render(p: LeakProfile, width: int, top: int, live: set[int], elapsed: float)
         for s in rows:
             t.add_row(format_bytes(s.bytes), str(s.count),
                       format_bytes(int(s.bytes_per_second)) if s.bytes_per_second > 0 else "-",
-                      sparkline(list(s.history)[-20:]), _where(s))
+                      sparkline(list(s.history)[-20:]), cell(_where(s)))
         tables.append(t)
-    drops = ", ".join(f"{k} {v}" for k, v in sorted(p.drops.items())) or "none"
+    drops = inert(", ".join(f"{k} {v}" for k, v in sorted(p.drops.items())) or "none")
     foot = Text(f"allocation failures (NULL returns): {p.failure_count} · dropped: {drops}",
                 style="dim")
     return Group(head, *tables, foot)
@@ -62,10 +63,10 @@ def summary(p: LeakProfile, top: int) -> str:
     for i, s in enumerate(p.top(top), 1):
         lines.append(f"{i:3}. {format_bytes(s.bytes):>10} in {s.count} "
                      f"({format_bytes(int(max(s.bytes_per_second, 0)))}/s)")
-        lines += [f"       {f}" for f in s.frames[:8]]
+        lines += [f"       {inert(f)}" for f in s.frames[:8]]
     lines.append(f"allocation failures (NULL returns): {p.failure_count}")
-    lines.append("dropped: " + (", ".join(f"{k} {v}" for k, v in sorted(p.drops.items()))
-                                or "none"))
+    lines.append("dropped: " + inert(", ".join(f"{k} {v}" for k, v in sorted(p.drops.items()))
+                                      or "none"))
     return "\n".join(lines)
 
 
@@ -83,10 +84,11 @@ def run_leaks(source: Any, *, duration: Optional[float], as_json: bool, interval
     live_view = None
     console = None
     if is_tty:
-        from rich.console import Console
         from rich.live import Live
 
-        console = Console(file=out)
+        from .terminal import live_console
+
+        console = live_console(out, True)
         live_view = Live(console=console, auto_refresh=False, screen=False)
         live_view.start()
     started = time.monotonic()

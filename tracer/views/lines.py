@@ -6,6 +6,7 @@ import datetime as dt
 
 from ..model.decode import format_bytes, order_to_bytes
 from ..model.failures import Failure, KernelFailure
+from .terminal import inert
 
 
 def _when(t: float) -> str:
@@ -35,7 +36,8 @@ def who(f: Failure) -> str:
 
 
 def describe(f: Failure) -> str:
-    """The failure in one sentence, without time."""
+    """The failure in one sentence, without time, made inert: it quotes what the traced
+    system named (comm, cgroup path, slab cache, kernel text)."""
     if f.kind == "syscall":
         err = f.errno or "no errno (old break returned)"
         size = f" asking {format_bytes(f.size)}" if f.size else ""
@@ -61,11 +63,11 @@ def describe(f: Failure) -> str:
         text = f"{f.kind} failure, {who(f)}"
     if f.kind != "syscall" and f.syscall:
         text += f" inside {f.syscall}() -> {f.errno}"
-    return text
+    return inert(text)
 
 
 def format_line(f: Failure) -> str:
-    line = f"{_when(f.time)} {f.kind:<10} {describe(f)}"
+    line = f"{_when(f.time)} {inert(f.kind):<10} {describe(f)}"
     if f.cause:
-        line += f"  [cause: {f.cause}]"
+        line += f"  [cause: {inert(f.cause)}]"
     return line

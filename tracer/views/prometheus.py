@@ -13,6 +13,7 @@ from ..errors import ListenError
 from ..model.failures import Failure, Ready, Snapshot
 from ..model.probes import ATTACHED, attached_count
 from ..run import SnapshotRequests, Source, run
+from .terminal import inert
 
 OTHER = "other"  # the label value that stands for everything cut by a cardinality bound
 
@@ -35,7 +36,9 @@ class LabelBound:
     cut: set[str] = field(default_factory=set)
 
     def __call__(self, value: Optional[str]) -> str:
-        v = value or "unknown"
+        # inert: a cgroup or comm is the traced system's choice, and a lone surrogate (a
+        # directory name that is not UTF-8) would make every scrape fail to encode
+        v = inert(value) if value else "unknown"
         if v in self.seen:
             return v
         if len(self.seen) < self.limit:
@@ -163,8 +166,12 @@ class MemtraceCollector:
         memcg_f = CounterMetricFamily("memtrace_memcg_events", "Memory cgroup limit events "
                                       "since memtrace started (v2 memory.events, v1 failcnt "
                                       "and oom_control).", labels=["cgroup", "event"])
+        events: dict[tuple[str, str], int] = {}  # cgroups folded into "other" add up
         for m in snap.memcg:
-            memcg_f.add_metric([st.cgroup(m.cgroup), m.event], m.count)
+            key = (st.cgroup(m.cgroup), m.event)
+            events[key] = events.get(key, 0) + m.count
+        for (cgroup, event), n in sorted(events.items()):
+            memcg_f.add_metric([cgroup, event], n)
         out.append(memcg_f)
 
         drop_f = CounterMetricFamily("memtrace_dropped_events", "Event details lost, by reason "

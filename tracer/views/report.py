@@ -10,7 +10,8 @@ from ..model.decode import format_bytes, order_to_bytes
 from ..recording import format as jsonout
 from ..recording.report import Report
 from ..recording.writer import SIZE_LIMIT_DROP
-from .dashboard import Row, ascii_table, ascii_text
+from .dashboard import Row, ascii_table
+from .terminal import inert_ascii
 
 MAX_FINDINGS = 50  # rows of the findings table (the JSON has them all)
 MAX_PROBLEMS = 10  # skipped lines named in the text (the JSON and stderr name them all)
@@ -84,7 +85,8 @@ def _tables(r: Report) -> list[str]:
 
 
 def report_text(r: Report) -> str:
-    """The report as plain ASCII text."""
+    """The report as plain ASCII text; everything the recording says is made inert (a
+    recording is a file anyone may have written)."""
     c = r.counts
     lines = [f"memtrace report of {r.path}"]
     what = (f"recorded by memtrace {r.ready.version} on kernel {r.ready.kernel}"
@@ -123,7 +125,7 @@ def report_text(r: Report) -> str:
         lines.append(f"skipped {len(r.problems)} unreadable line"
                      f"{'' if len(r.problems) == 1 else 's'}: {named}"
                      + (f", +{more} more" if more > 0 else ""))
-    return "\n".join(ascii_text(x) for x in lines) + "\n"
+    return "\n".join(inert_ascii(x) for x in lines) + "\n"
 
 
 def report_obj(r: Report) -> dict[str, Any]:

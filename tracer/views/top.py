@@ -33,15 +33,15 @@ def run_top(source: Source, *, duration: Optional[float], interval: float = 1.0,
     """The dashboard until Ctrl-C, SIGTERM or the duration; a replayed recording (a source
     with `replay` set, e.g. sources.ReplaySource) also ends it, and is shown as recorded
     (its failures are not diagnosed again on this host)."""
-    from rich.console import Console
     from rich.live import Live
 
     from .dashboard import render, render_plain, summary_text
+    from .terminal import live_console
 
     replay = bool(getattr(source, "replay", False))
     board = Dashboard()
     is_tty = out.isatty() if terminal is None else terminal
-    console = Console(file=out, force_terminal=is_tty, no_color=not is_tty)
+    console = live_console(out, is_tty)
     live: Optional[Live] = None
     last_plain: list[Optional[tuple]] = [None]
 

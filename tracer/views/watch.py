@@ -11,6 +11,7 @@ from ..model.totals import Dashboard
 from ..recording import format as jsonout
 from ..run import Source, run
 from .lines import format_line
+from .terminal import inert
 
 
 def run_watch(source: Source, *, duration: Optional[float], as_json: bool,
@@ -28,8 +29,9 @@ def run_watch(source: Source, *, duration: Optional[float], as_json: bool,
         else:
             attached = attached_count(r.probes)
             others = [f"{p.name} {p.status}" for p in r.probes if p.status != ATTACHED]
-            emit(f"memtrace {r.version} on {r.kernel}: {attached}/{len(r.probes)} probes attached"
-                 + (f" ({', '.join(others)})" if others else "") + "; Ctrl-C to stop")
+            emit(inert(f"memtrace {r.version} on {r.kernel}: {attached}/{len(r.probes)} probes "
+                       "attached" + (f" ({', '.join(others)})" if others else "")
+                       + "; Ctrl-C to stop"))
 
     def on_failures(fs: list[Failure]) -> None:
         board.add(fs)
