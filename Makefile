@@ -17,11 +17,11 @@ if [ $$rc -eq 5 ]; then echo "($(1): no tests collected)"; rc=0; fi; \
 exit $$rc
 endef
 
-.PHONY: help setup run test test-unit test-bpf test-e2e lint bench uninstall clean
+.PHONY: help setup run test test-unit test-bpf test-e2e test-deploy test-vm lint bench uninstall clean
 
 help: ## show this help
 	@echo "usage: sudo make <target>   (as root, plain 'make <target>')"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 setup: ## install packages, headers, .venv; memtrace in /usr/local/lib/memtrace (root)
 	bash scripts/setup.sh
@@ -33,9 +33,9 @@ $(STAMP): pyproject.toml
 run: setup ## run memtrace: sudo make run ARGS="--help"
 	$(VENV)/bin/memtrace $(ARGS)
 
-test: setup ## run all test tiers (unit, bpf, e2e); each tier runs even if an earlier one failed
+test: setup ## run all test tiers (unit, bpf, e2e, deploy); each runs even if one failed
 	@failed=""; \
-	for tier in unit bpf e2e; do \
+	for tier in unit bpf e2e deploy; do \
 	  echo "=== pytest -m $$tier ==="; \
 	  rc=0; $(PY) -m pytest -m $$tier -q $(PYTEST_ARGS) || rc=$$?; \
 	  case $$rc in \
@@ -55,6 +55,12 @@ test-bpf: setup ## bpf tests only: real kernel, real probes (root)
 
 test-e2e: setup ## end-to-end tests of the installed memtrace command (root)
 	@$(call pytest_tier,e2e)
+
+test-deploy: setup ## deploy/ tier: image built, run as the DaemonSet, scraped (root, podman)
+	@$(call pytest_tier,deploy)
+
+test-vm: setup ## the VM tier: Debian's stock kernel under qemu, bpf + vm tests inside (root)
+	$(PY) tests/vm/run_vm.py $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff check tracer tests bench; mypy tracer
 	$(VENV)/bin/ruff check tracer tests bench

@@ -1,0 +1,1 @@
+"""The deploy tier: deploy/ built, run and scraped as a cluster would (root, podman)."""
