@@ -8,6 +8,7 @@ spellings they see live.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Mapping, Optional, Sequence
 
 import pytest
@@ -33,7 +34,8 @@ MAP_LOCKED, MAP_NORESERVE, MAP_STACK, MAP_HUGETLB = 0x2000, 0x4000, 0x20000, 0x4
 MAP_HUGE_2MB = 21 << 26
 ANON = MAP_PRIVATE | MAP_ANONYMOUS
 NO_FD = -1
-MREMAP_MAYMOVE = 0x1
+MREMAP_MAYMOVE, MREMAP_FIXED = 0x1, 0x2
+MAP_FIXED, MAP_GROWSDOWN, MAP_FIXED_NOREPLACE = 0x10, 0x100, 0x100000
 MCL_CURRENT, MCL_FUTURE = 0x1, 0x2
 MADV_DONTFORK = 10
 IPC_PRIVATE, IPC_CREAT, SHM_HUGETLB = 0, 0o1000, 0o4000
@@ -43,6 +45,9 @@ CLONE_THREADLESS_FORK = 0x01200011  # glibc fork(): CHILD_SETTID|CHILD_CLEARTID|
 HEAP = 0x5555_5600_0000
 ADDR = 0x7F3A_2C00_0000
 CGROUP = "/app.slice/app.service"
+# x86-64's TASK_SIZE with 4-level paging: the user half less its top page.
+TASK_SIZE = (1 << 47) - PAGE
+MAX_MAP_COUNT = 65530  # vm.max_map_count's default, HostState's too
 
 # This machine's /proc/buddyinfo (x86-64, 24 GiB): the tiny DMA zone keeps a few high-order
 # blocks that ordinary allocations may not use (lowmem_reserve).
@@ -114,6 +119,18 @@ def brk(grow: int, t: TaskState) -> Failure:
     f = syscall("brk", [requested], errno=None, t=t)
     return dataclasses.replace(f, size=grow, detail={"requested_break": requested,
                                                      "returned_break": returned})
+
+
+def brk_to(requested: int, returned: int, t: TaskState) -> Failure:
+    """A failed brk to any break (brk() above grows the heap from HEAP)."""
+    f = syscall("brk", [requested], errno=None, t=t)
+    return dataclasses.replace(f, size=requested - returned,
+                               detail={"requested_break": requested, "returned_break": returned})
+
+
+def mremap(old: int, new: int, flags: int = MREMAP_MAYMOVE, new_addr: int = 0,
+           **kw: Any) -> Failure:
+    return syscall("mremap", [ADDR, old, new, flags, new_addr], **kw)
 
 
 def kernel(kind: str, *, size: Optional[int] = None, order: Optional[int] = None,
@@ -389,6 +406,119 @@ CASES = [
     case("rlimit_as-mmap-map_count-below-the-limit",
          mmap(1 * GiB, t=task(map_count=65529, total_vm=3 * GiB + 512 * MiB, rlim_as=4 * GiB)),
          ev(), "rlimit_as", {"request": 1 * GiB, "rlimit_as": 4 * GiB}),
+    # -- the kernel's own order of checks, per syscall ------------------------------------------
+    case("too_large-mmap-128TiB-not-overcommit",  # __get_unmapped_area, before any commit
+         mmap(128 * TiB), ev(), "too_large",
+         {"request": 128 * TiB, "address_space": 128 * TiB, "task_size": TASK_SIZE},
+         says=("commit",)),
+    case("too_large-mmap-length-wraps-PAGE_ALIGN",  # do_mmap, even before the map count
+         mmap((1 << 64) - 1, t=task(map_count=MAX_MAP_COUNT + 1)), ev(), "too_large",
+         {"request": (1 << 64) - 1}),
+    case("address_space-mmap-MAP_FIXED-past-the-top",  # __get_unmapped_area: addr > TASK_SIZE - len
+         syscall("mmap", [TASK_SIZE - 2 * MiB, 4 * MiB, RW, ANON | MAP_FIXED, NO_FD, 0]),
+         ev(), "address_space",
+         {"addr": TASK_SIZE - 2 * MiB, "request": 4 * MiB, "end": TASK_SIZE + 2 * MiB,
+          "task_size": TASK_SIZE},
+         says=("TASK_SIZE", "__get_unmapped_area")),
+    case("address_space-mmap-MAP_FIXED_NOREPLACE-past-the-top",  # do_mmap adds MAP_FIXED
+         syscall("mmap", [TASK_SIZE, PAGE, RW, ANON | MAP_FIXED_NOREPLACE, NO_FD, 0]),
+         ev(), "address_space", {"addr": TASK_SIZE, "end": TASK_SIZE + PAGE}),
+    case("not-address_space-mmap-MAP_FIXED-ending-at-the-top",
+         syscall("mmap", [TASK_SIZE - 4 * MiB, 4 * MiB, RW, ANON | MAP_FIXED, NO_FD, 0],
+                 t=task(total_vm=4 * GiB - 1 * MiB, rlim_as=4 * GiB)),
+         ev(), "rlimit_as", {"request": 4 * MiB}),
+    case("rlimit_data-mprotect-read-only-to-writable-process-gone",  # mprotect_fixup
+         syscall("mprotect", [HEAP, 128 * MiB, RW],
+                 t=task(data_vm=1 * GiB - 64 * MiB, rlim_data=1 * GiB)),
+         ev(mapped=None), "rlimit_data",
+         {"data_vm": 1 * GiB - 64 * MiB, "request": 128 * MiB, "rlimit_data": 1 * GiB},
+         says=("RLIMIT_DATA",)),
+    case("rlimit_data-pkey_mprotect-adds-PROT_WRITE",
+         syscall("pkey_mprotect", [HEAP, 128 * MiB, RW, 0],
+                 t=task(data_vm=1 * GiB - 64 * MiB, rlim_data=1 * GiB)),
+         ev(mapped=True), "rlimit_data", {"request": 128 * MiB}),
+    case("not-rlimit_data-mprotect-when-RLIMIT_AS-is-over-too",  # may_expand_vm(oldflags) fails
+         syscall("mprotect", [HEAP, 128 * MiB, RW],
+                 t=task(total_vm=4 * GiB - 64 * MiB, rlim_as=4 * GiB,
+                        data_vm=1 * GiB - 64 * MiB, rlim_data=1 * GiB)),
+         ev(mapped=True), "unknown", {"syscall": "mprotect", "rlimit_data": 1 * GiB}),
+    case("rlimit_data-mremap-growth-of-a-private-region",  # check_prep_vma: may_expand_vm
+         mremap(64 * MiB, 256 * MiB, t=task(data_vm=1 * GiB - 64 * MiB, rlim_data=1 * GiB)),
+         ev(), "rlimit_data", {"request": 192 * MiB, "rlimit_data": 1 * GiB},
+         says=("RLIMIT_DATA",)),
+    case("rlimit_data-mremap-in-place-without-MAYMOVE",  # the limit before expand_vma
+         mremap(64 * MiB, 256 * MiB, flags=0,
+                t=task(data_vm=1 * GiB - 64 * MiB, rlim_data=1 * GiB)),
+         ev(), "rlimit_data", {"request": 192 * MiB}),
+    case("rlimit_memlock-mremap-EAGAIN-mlocked-region",  # check_prep_vma: mlock_future_ok
+         mremap(16 * MiB, 32 * MiB, errno="EAGAIN",
+                t=task(locked_vm=56 * MiB, rlim_memlock=64 * MiB)),
+         ev(), "rlimit_memlock", {"request": 16 * MiB, "errno": "EAGAIN"}),
+    case("not-rlimit_memlock-mmap-MAP_LOCKED-ENOMEM",  # do_mmap's verdict would be EAGAIN
+         mmap(16 * MiB, flags=ANON | MAP_LOCKED,
+              t=task(locked_vm=56 * MiB, rlim_memlock=64 * MiB)),
+         ev(), "unknown", {"syscall": "mmap", "errno": "ENOMEM"}),
+    case("rlimit_memlock-brk-after-mlockall-MCL_FUTURE",  # check_brk_limits: mlock_future_ok
+         brk(16 * MiB, task(locked_vm=56 * MiB, rlim_memlock=64 * MiB, mlock_future=True)),
+         ev(), "rlimit_memlock", {"locked_vm": 56 * MiB, "request": 16 * MiB}),
+    case("not-rlimit_data-MAP_GROWSDOWN-is-a-stack",  # is_data_mapping: VM_STACK is not data
+         mmap(8 * MiB, flags=ANON | MAP_GROWSDOWN,
+              t=task(data_vm=1 * GiB - 4 * MiB, rlim_data=1 * GiB)),
+         ev(), "unknown", {"syscall": "mmap", "rlimit_data": 1 * GiB}),
+    case("overcommit-MAP_NORESERVE-ignored-when-strict",  # do_mmap honours it only in modes 0/1
+         mmap(1 * GiB, flags=ANON | MAP_NORESERVE),
+         ev(host(overcommit_memory=2, commit_limit=10 * GiB, committed_as=9 * GiB + 512 * MiB)),
+         "overcommit", {"overcommit_memory": 2, "request": 1 * GiB}),
+    case("not-overcommit-MAP_NORESERVE-heuristic",
+         mmap(32 * GiB, flags=ANON | MAP_NORESERVE), ev(), "unknown", {"syscall": "mmap"}),
+    case("overcommit-mprotect-adds-PROT_WRITE-strict",  # mprotect_fixup charges the commit
+         syscall("mprotect", [HEAP, 1 * GiB, RW]),
+         ev(host(overcommit_memory=2, commit_limit=10 * GiB, committed_as=9 * GiB + 512 * MiB),
+            mapped=True),
+         "overcommit", {"overcommit_memory": 2, "request": 1 * GiB}),
+    case("not-overcommit-mprotect-read-only",  # no VM_WRITE: no charge
+         syscall("mprotect", [HEAP, 1 * GiB, PROT_READ]),
+         ev(host(overcommit_memory=2, commit_limit=10 * GiB, committed_as=10 * GiB),
+            mapped=True),
+         "unknown", {"syscall": "mprotect"}),
+    case("not-overcommit-shmat",  # the segment was charged by shmget; shmat maps it shared
+         syscall("shmat", [5, 0, 0]),
+         ev(host(overcommit_memory=2, commit_limit=10 * GiB, committed_as=10 * GiB)),
+         "unknown", {"syscall": "shmat"}),
+    case("overcommit-fork-heuristic",  # dup_mmap charges every VM_ACCOUNT mapping again
+         syscall("clone", [CLONE_THREADLESS_FORK, 0, 0, 0, 0], t=task(data_vm=20 * GiB)),
+         ev(), "overcommit", {"request": 20 * GiB}),
+    case("address_space-brk-past-the-top",  # check_brk_limits: get_unmapped_area(MAP_FIXED)
+         brk_to(TASK_SIZE + 48 * MiB, TASK_SIZE - 16 * MiB, TASK), ev(), "address_space",
+         {"addr": TASK_SIZE - 16 * MiB, "request": 64 * MiB, "end": TASK_SIZE + 48 * MiB}),
+    case("address_space-brk-into-the-next-mapping-by-elimination",
+         brk(64 * MiB, TASK), ev(), "address_space",
+         {"request": 64 * MiB, "requested_break": HEAP + 64 * MiB, "returned_break": HEAP},
+         says=("inferred", "mmap")),
+    case("unknown-brk-without-task-state",  # limits unknown: nothing to eliminate
+         dataclasses.replace(brk(64 * MiB, TASK), task=None),
+         ev(), "unknown", {"syscall": "brk"}),
+    case("max_map_count-mremap-move-3-below",  # prep_move_vma: map_count >= max - 3
+         mremap(1 * MiB, 2 * MiB, t=task(map_count=MAX_MAP_COUNT - 3)), ev(), "max_map_count",
+         {"map_count": MAX_MAP_COUNT - 3, "max_map_count": MAX_MAP_COUNT}),
+    case("address_space-mremap-in-place-3-below",  # no move, no map-count check
+         mremap(1 * MiB, 2 * MiB, flags=0, t=task(map_count=MAX_MAP_COUNT - 3)), ev(),
+         "address_space", {"request": 1 * MiB}),
+    case("max_map_count-mremap-MREMAP_FIXED-5-below",  # check_mremap_params
+         mremap(1 * MiB, 2 * MiB, flags=MREMAP_MAYMOVE | MREMAP_FIXED, new_addr=HEAP,
+                t=task(map_count=MAX_MAP_COUNT - 5)), ev(), "max_map_count",
+         {"map_count": MAX_MAP_COUNT - 5}),
+    case("address_space-mremap-move-found-no-room",  # vrm_set_new_addr
+         mremap(1 * GiB, 2 * GiB, t=task(unmapped_area_failed=True)), ev(), "address_space",
+         {"request": 1 * GiB, "unmapped_area_failed": True}),
+    case("bad_range-mprotect-past-TASK_SIZE-process-gone",  # nothing is mapped there
+         syscall("mprotect", [TASK_SIZE, 64 * KiB, RW],
+                 t=task(data_vm=1 * GiB - 16 * KiB, rlim_data=1 * GiB)),
+         ev(mapped=None), "bad_range", {"addr": TASK_SIZE, "length": 64 * KiB},
+         says=("past the top",)),
+    case("max_map_count-munlock-split",  # munlock splits too; not an only-range syscall
+         syscall("munlock", [ADDR + PAGE, PAGE], t=task(map_count=MAX_MAP_COUNT - 1)),
+         ev(mapped=None), "max_map_count", {"map_count": MAX_MAP_COUNT - 1}),
 ]
 
 
@@ -455,6 +585,105 @@ ORDER = [
                  ev(cgroup=cg(100 * MiB, None)),
                  "kernel_allocation", diagnosis.rule_bad_range_by_elimination,
                  id="kernel_allocation-over-bad_range-by-elimination"),
+    # mmap: do_mmap -> __get_unmapped_area -> mlock_future_ok -> __mmap_region
+    pytest.param(mmap((1 << 64) - 1, t=task(map_count=MAX_MAP_COUNT + 1)), ev(),
+                 "too_large", diagnosis.rule_max_map_count,
+                 id="mmap-length-wraps-over-max_map_count"),
+    pytest.param(mmap(1 << 48, t=task(map_count=MAX_MAP_COUNT + 1)), ev(),
+                 "max_map_count", diagnosis.rule_too_large, id="mmap-max_map_count-over-too_large"),
+    pytest.param(mmap(128 * TiB), ev(), "too_large", diagnosis.rule_overcommit,
+                 id="mmap-too_large-over-overcommit"),
+    pytest.param(syscall("mmap", [TASK_SIZE - 2 * MiB, 4 * MiB, RW, ANON | MAP_FIXED, NO_FD, 0],
+                         t=task(total_vm=4 * GiB - 1 * MiB, rlim_as=4 * GiB)), ev(),
+                 "address_space", diagnosis.rule_rlimit_as,
+                 id="mmap-MAP_FIXED-past-the-top-over-rlimit_as"),
+    pytest.param(mmap(1 * GiB, t=task(unmapped_area_failed=True, total_vm=3 * GiB + 512 * MiB,
+                                      rlim_as=4 * GiB)), ev(),
+                 "address_space", diagnosis.rule_rlimit_as, id="mmap-address_space-over-rlimit_as"),
+    # mprotect: do_mprotect_pkey's range walk -> mprotect_fixup -> vma_modify_flags
+    pytest.param(syscall("mprotect", [ADDR + PAGE, 128 * MiB, RW],
+                         t=task(map_count=MAX_MAP_COUNT - 1, data_vm=1 * GiB - 64 * MiB,
+                                rlim_data=1 * GiB)),
+                 ev(mapped=True), "rlimit_data", diagnosis.rule_max_map_count,
+                 id="mprotect-rlimit_data-over-max_map_count"),
+    pytest.param(syscall("mprotect", [ADDR, 128 * MiB, RW],
+                         t=task(data_vm=1 * GiB - 64 * MiB, rlim_data=1 * GiB)),
+                 ev(mapped=False), "bad_range", diagnosis.rule_rlimit_data,
+                 id="mprotect-bad_range-over-rlimit_data"),
+    pytest.param(syscall("mprotect", [ADDR, 128 * MiB, RW],
+                         t=task(data_vm=1 * GiB - 64 * MiB, rlim_data=1 * GiB)),
+                 ev(mapped=None), "rlimit_data", diagnosis.rule_bad_range_by_elimination,
+                 id="mprotect-rlimit_data-over-bad_range-by-elimination"),
+    pytest.param(syscall("mprotect", [ADDR + PAGE, 1 * GiB, RW],
+                         t=task(map_count=MAX_MAP_COUNT - 1)),
+                 ev(host(overcommit_memory=2, committed_as=10 * GiB), mapped=True),
+                 "overcommit", diagnosis.rule_max_map_count,
+                 id="mprotect-overcommit-over-max_map_count"),
+    # mlock: do_mlock's limit -> apply_vma_lock_flags -> mlock_fixup
+    pytest.param(syscall("mlock", [ADDR + PAGE, 16 * MiB],
+                         t=task(locked_vm=56 * MiB, rlim_memlock=64 * MiB,
+                                map_count=MAX_MAP_COUNT - 1)),
+                 ev(mapped=True), "rlimit_memlock", diagnosis.rule_max_map_count,
+                 id="mlock-rlimit_memlock-over-max_map_count"),
+    pytest.param(syscall("munlock", [ADDR + PAGE, PAGE], t=task(map_count=MAX_MAP_COUNT - 1)),
+                 ev(mapped=None), "max_map_count", diagnosis.rule_bad_range_by_elimination,
+                 id="munlock-max_map_count-over-bad_range-by-elimination"),
+    # mremap: check_mremap_params -> check_prep_vma -> expand_vma -> move_vma
+    pytest.param(mremap(1 * MiB, 2 * MiB, flags=MREMAP_MAYMOVE | MREMAP_FIXED, new_addr=HEAP,
+                        t=task(map_count=MAX_MAP_COUNT - 5, total_vm=4 * GiB - 512 * KiB,
+                               rlim_as=4 * GiB)), ev(),
+                 "max_map_count", diagnosis.rule_rlimit_as,
+                 id="mremap-fixed-max_map_count-over-rlimit_as"),
+    pytest.param(mremap(16 * MiB, 32 * MiB, errno="EAGAIN",
+                        t=task(locked_vm=56 * MiB, rlim_memlock=64 * MiB,
+                               total_vm=4 * GiB - 1 * MiB, rlim_as=4 * GiB)), ev(),
+                 "rlimit_memlock", diagnosis.rule_rlimit_as,
+                 id="mremap-rlimit_memlock-over-rlimit_as"),
+    pytest.param(mremap(256 * MiB, 1 * GiB, flags=0,
+                        t=task(total_vm=3 * GiB + 512 * MiB, rlim_as=4 * GiB)), ev(),
+                 "rlimit_as", diagnosis.rule_mremap_in_place,
+                 id="mremap-rlimit_as-over-in-place"),
+    pytest.param(mremap(64 * MiB, 256 * MiB,
+                        t=task(data_vm=1 * GiB - 64 * MiB, rlim_data=1 * GiB,
+                               map_count=MAX_MAP_COUNT - 3)), ev(),
+                 "rlimit_data", diagnosis.rule_mremap_move_map_count,
+                 id="mremap-rlimit_data-over-move-max_map_count"),
+    pytest.param(mremap(1 * GiB, 2 * GiB, flags=0),
+                 ev(host(overcommit_memory=2, committed_as=10 * GiB)),
+                 "address_space", diagnosis.rule_overcommit,
+                 id="mremap-in-place-over-inferred-overcommit"),
+    pytest.param(mremap(1 * MiB, 2 * MiB, flags=0, detail={"kernel_message": KMSG}), ev(),
+                 "overcommit", diagnosis.rule_mremap_in_place,
+                 id="mremap-confirmed-overcommit-over-in-place"),
+    pytest.param(mremap(1 * GiB, 2 * GiB,
+                        t=task(unmapped_area_failed=True, map_count=MAX_MAP_COUNT - 3)), ev(),
+                 "address_space", diagnosis.rule_mremap_move_map_count,
+                 id="mremap-address_space-over-move-max_map_count"),
+    pytest.param(mremap(1 * GiB, 2 * GiB, t=task(map_count=MAX_MAP_COUNT - 3)),
+                 ev(host(overcommit_memory=2, committed_as=10 * GiB)),
+                 "max_map_count", diagnosis.rule_overcommit,
+                 id="mremap-move-max_map_count-over-overcommit"),
+    # brk: check_data_rlimit -> check_brk_limits -> the next mapping -> do_brk_flags
+    pytest.param(brk(64 * MiB, task(data_vm=1 * GiB - 16 * MiB, rlim_data=1 * GiB,
+                                    total_vm=4 * GiB - 16 * MiB, rlim_as=4 * GiB)), ev(),
+                 "rlimit_data", diagnosis.rule_rlimit_as, id="brk-rlimit_data-over-rlimit_as"),
+    pytest.param(brk_to(TASK_SIZE + 48 * MiB, TASK_SIZE - 16 * MiB,
+                        task(total_vm=4 * GiB - 16 * MiB, rlim_as=4 * GiB)), ev(),
+                 "address_space", diagnosis.rule_rlimit_as,
+                 id="brk-past-the-top-over-rlimit_as"),
+    pytest.param(brk(16 * MiB, task(locked_vm=56 * MiB, rlim_memlock=64 * MiB, mlock_future=True,
+                                    total_vm=4 * GiB - 8 * MiB, rlim_as=4 * GiB)), ev(),
+                 "rlimit_memlock", diagnosis.rule_rlimit_as,
+                 id="brk-rlimit_memlock-over-rlimit_as"),
+    pytest.param(brk(64 * MiB, task(total_vm=4 * GiB - 16 * MiB, rlim_as=4 * GiB,
+                                    map_count=MAX_MAP_COUNT + 1)), ev(),
+                 "rlimit_as", diagnosis.rule_max_map_count, id="brk-rlimit_as-over-max_map_count"),
+    pytest.param(brk(1 * GiB, task(map_count=MAX_MAP_COUNT + 1)),
+                 ev(host(overcommit_memory=2, committed_as=10 * GiB)),
+                 "max_map_count", diagnosis.rule_overcommit, id="brk-max_map_count-over-overcommit"),
+    pytest.param(brk(1 * GiB, TASK), ev(host(overcommit_memory=2, committed_as=10 * GiB)),
+                 "overcommit", diagnosis.rule_brk_next_mapping,
+                 id="brk-overcommit-over-next-mapping"),
 ]
 
 
@@ -462,6 +691,136 @@ ORDER = [
 def test_rule_order(failure: Failure, evidence: Evidence, winner: str, loser: Any) -> None:
     assert loser(failure, evidence) is not None  # both rules match: the order decides
     assert diagnosis.diagnose(failure, evidence).cause == winner
+
+
+# -- each rule mirrors one kernel check, and names it --------------------------------------------
+
+D = diagnosis
+STRICT_FULL = host(overcommit_memory=2, commit_limit=10 * GiB, committed_as=10 * GiB)
+VMA_SLAB = KernelFailure("slab", 184, None, parse_gfp("GFP_KERNEL_ACCOUNT"), False,
+                         cache="vm_area_struct")
+
+
+def mirrors(rule: Any, kernel_function: str, failure: Failure, evidence: Evidence,
+            cause: str) -> Any:
+    return pytest.param(rule, kernel_function, failure, evidence, cause,
+                        id=f"{rule.__name__}-{kernel_function}")
+
+
+KERNEL_CHECKS = [
+    mirrors(D.rule_length_wraps, "do_mmap", mmap((1 << 64) - 1), ev(), "too_large"),
+    mirrors(D.rule_max_map_count, "do_mmap", mmap(PAGE, t=task(map_count=MAX_MAP_COUNT + 1)),
+            ev(), "max_map_count"),
+    mirrors(D.rule_max_map_count, "do_brk_flags", brk(PAGE, task(map_count=MAX_MAP_COUNT + 1)),
+            ev(), "max_map_count"),
+    mirrors(D.rule_max_map_count, "vms_gather_munmap_vmas",
+            syscall("munmap", [ADDR + PAGE, PAGE], t=task(map_count=MAX_MAP_COUNT)), ev(),
+            "max_map_count"),
+    mirrors(D.rule_max_map_count, "split_vma",
+            syscall("mprotect", [ADDR + PAGE, PAGE, PROT_READ], t=task(map_count=MAX_MAP_COUNT - 1)),
+            ev(mapped=True), "max_map_count"),
+    mirrors(D.rule_too_large, "__get_unmapped_area", mmap(128 * TiB), ev(), "too_large"),
+    mirrors(D.rule_fixed_past_top, "__get_unmapped_area",
+            syscall("mmap", [TASK_SIZE - PAGE, 2 * PAGE, RW, ANON | MAP_FIXED, NO_FD, 0]), ev(),
+            "address_space"),
+    mirrors(D.rule_address_space, "vm_unmapped_area",
+            mmap(1 * GiB, t=task(unmapped_area_failed=True)), ev(), "address_space"),
+    mirrors(D.rule_rlimit_memlock, "mlock_future_ok",
+            mmap(16 * MiB, flags=ANON | MAP_LOCKED, errno="EAGAIN",
+                 t=task(locked_vm=56 * MiB, rlim_memlock=64 * MiB)), ev(), "rlimit_memlock"),
+    mirrors(D.rule_rlimit_memlock, "check_brk_limits",
+            brk(16 * MiB, task(locked_vm=56 * MiB, rlim_memlock=64 * MiB, mlock_future=True)),
+            ev(), "rlimit_memlock"),
+    mirrors(D.rule_rlimit_memlock, "do_mlock",
+            syscall("mlock2", [ADDR, 16 * MiB, 0],
+                    t=task(locked_vm=56 * MiB, rlim_memlock=64 * MiB)),
+            ev(mapped=False), "rlimit_memlock"),
+    mirrors(D.rule_rlimit_memlock, "mlockall",
+            syscall("mlockall", [MCL_CURRENT], t=task(total_vm=2 * GiB, rlim_memlock=64 * MiB)),
+            ev(), "rlimit_memlock"),
+    mirrors(D.rule_rlimit_as, "may_expand_vm",
+            mmap(1 * GiB, t=task(total_vm=3 * GiB + 512 * MiB, rlim_as=4 * GiB)), ev(),
+            "rlimit_as"),
+    mirrors(D.rule_rlimit_data, "may_expand_vm",
+            mmap(256 * MiB, t=task(data_vm=1 * GiB - 64 * MiB, rlim_data=1 * GiB)), ev(),
+            "rlimit_data"),
+    mirrors(D.rule_rlimit_data, "mprotect_fixup",
+            syscall("mprotect", [HEAP, 128 * MiB, RW],
+                    t=task(data_vm=1 * GiB - 64 * MiB, rlim_data=1 * GiB)),
+            ev(mapped=None), "rlimit_data"),
+    mirrors(D.rule_brk_data_first, "check_data_rlimit",
+            brk(64 * MiB, task(data_vm=1 * GiB - 16 * MiB, rlim_data=1 * GiB)), ev(),
+            "rlimit_data"),
+    mirrors(D.rule_overcommit, "accountable_mapping", mmap(1 * GiB), ev(STRICT_FULL),
+            "overcommit"),
+    mirrors(D.rule_overcommit, "__vm_enough_memory", mmap(32 * GiB), ev(), "overcommit"),
+    mirrors(D.rule_overcommit, "dup_mmap",
+            syscall("clone", [CLONE_THREADLESS_FORK, 0, 0, 0, 0], t=task(data_vm=20 * GiB)),
+            ev(), "overcommit"),
+    mirrors(D.rule_overcommit, "shmem_acct_size",
+            syscall("shmget", [IPC_PRIVATE, 1 * GiB, IPC_CREAT]), ev(STRICT_FULL),
+            "overcommit"),
+    mirrors(D.rule_overcommit_confirmed, "vrm_calc_charge",
+            mremap(1 * MiB, 2 * MiB, flags=0, detail={"kernel_message": KMSG}), ev(),
+            "overcommit"),
+    mirrors(D.rule_hugetlb, "hugetlb_reserve_pages",
+            mmap(64 * MiB, flags=ANON | MAP_HUGETLB | MAP_HUGE_2MB),
+            ev(host(hugepages_total=16, hugepages_free=10)), "hugetlb"),
+    mirrors(D.rule_mremap_fixed_map_count, "check_mremap_params",
+            mremap(1 * MiB, 2 * MiB, flags=MREMAP_MAYMOVE | MREMAP_FIXED, new_addr=HEAP,
+                   t=task(map_count=MAX_MAP_COUNT - 5)), ev(), "max_map_count"),
+    mirrors(D.rule_mremap_in_place, "expand_vma", mremap(1 * MiB, 2 * MiB, flags=0), ev(),
+            "address_space"),
+    mirrors(D.rule_mremap_move_map_count, "prep_move_vma",
+            mremap(1 * MiB, 2 * MiB, t=task(map_count=MAX_MAP_COUNT - 3)), ev(),
+            "max_map_count"),
+    mirrors(D.rule_bad_range, "do_mprotect_pkey",
+            syscall("mprotect", [ADDR, 64 * KiB, PROT_READ]), ev(mapped=False), "bad_range"),
+    mirrors(D.rule_bad_range, "apply_vma_lock_flags",
+            syscall("munlock", [ADDR, 64 * KiB]), ev(mapped=False), "bad_range"),
+    mirrors(D.rule_bad_range, "madvise_walk_vmas",
+            syscall("madvise", [ADDR, 64 * KiB, MADV_DONTFORK]), ev(mapped=False), "bad_range"),
+    mirrors(D.rule_bad_range, "mincore",
+            syscall("mincore", [ADDR, 64 * KiB, HEAP]), ev(mapped=None), "bad_range"),
+    mirrors(D.rule_bad_range_by_elimination, "do_mprotect_pkey",
+            syscall("mprotect", [ADDR, 64 * KiB, PROT_READ]), ev(mapped=None), "bad_range"),
+    mirrors(D.rule_linked_kernel_failure, "vm_area_alloc",
+            mmap(64 * MiB, linked=[VMA_SLAB]), ev(cgroup=cg(512 * MiB, 512 * MiB)),
+            "memcg_limit"),
+    mirrors(D.rule_brk_past_top, "check_brk_limits",
+            brk_to(TASK_SIZE + 48 * MiB, TASK_SIZE - 16 * MiB, TASK), ev(), "address_space"),
+    mirrors(D.rule_brk_next_mapping, "vm_start_gap", brk(64 * MiB, TASK), ev(),
+            "address_space"),
+]
+
+
+@pytest.mark.parametrize("rule, kernel_function, failure, evidence, cause", KERNEL_CHECKS)
+def test_rule_mirrors_its_kernel_check(rule: Any, kernel_function: str, failure: Failure,
+                                       evidence: Evidence, cause: str) -> None:
+    assert kernel_function in (rule.__doc__ or ""), f"{rule.__name__} should cite it"
+    found = rule(failure, evidence)
+    assert found is not None and found.cause == cause
+    assert rule in D.checks_for(failure.syscall)  # the rule is in that syscall's order...
+    assert D.diagnose(failure, evidence).cause == cause  # ... and nothing before it matches
+
+
+def test_every_rule_in_the_order_is_table_tested() -> None:
+    ordered = {r for checks in D.CHECK_ORDER.values() for r in checks} | set(D.DEFAULT_CHECKS)
+    tested = {p.values[0] for p in KERNEL_CHECKS}
+    assert {r.__name__ for r in ordered} == {r.__name__ for r in tested}
+
+
+def test_every_rule_names_a_kernel_function() -> None:
+    """A docstring cites the function (`name()`) whose check the rule mirrors."""
+    ordered = {r for checks in D.CHECK_ORDER.values() for r in checks} | set(D.DEFAULT_CHECKS)
+    for rule in ordered:
+        assert re.search(r"\b[a-z_][a-z0-9_]*\(\)", rule.__doc__ or ""), rule.__name__
+
+
+def test_syscalls_not_in_the_table_get_the_generic_checks() -> None:
+    assert D.checks_for("fcntl") == D.DEFAULT_CHECKS
+    assert D.checks_for(None) == D.DEFAULT_CHECKS
+    assert D.checks_for("pkey_mprotect") == D.checks_for("mprotect")
 
 
 def test_too_large_wins_inside_the_kernel_over_a_full_cgroup() -> None:

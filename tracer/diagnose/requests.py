@@ -8,15 +8,19 @@ from ..model.failures import Failure
 # Syscalls that return ENOMEM when their range is not fully mapped.
 RANGE_SYSCALLS = {"mprotect", "pkey_mprotect", "madvise", "mlock", "mlock2", "munlock",
                   "mincore", "msync", "process_madvise"}
-# Syscalls that only ever say ENOMEM for an unmapped range.
-ONLY_RANGE_SYSCALLS = {"mincore", "msync", "munlock"}
-# Syscalls that can split a mapping (and so hit vm.max_map_count).
+# Syscalls that only ever say ENOMEM for an unmapped range (munlock is not one: it may
+# split a mapping).
+ONLY_RANGE_SYSCALLS = {"mincore", "msync"}
+# Syscalls that can split a mapping or add one (and so hit vm.max_map_count). Not mlockall:
+# apply_mlockall_flags ignores what fails after its limit check.
 SPLITTING_SYSCALLS = {"mmap", "munmap", "mprotect", "pkey_mprotect", "mremap", "mlock", "mlock2",
-                      "munlock", "madvise", "brk", "shmat", "mlockall", "process_madvise"}
+                      "munlock", "madvise", "brk", "shmat", "process_madvise"}
+# Syscalls that add to the address space (may_expand_vm).
 GROWING_SYSCALLS = {"mmap", "mremap", "brk", "shmat"}
+# Syscalls whose path reaches __vm_enough_memory. Not shmat: it maps the segment shared, and
+# the segment was charged when shmget created it (shmem_acct_size).
 COMMIT_SYSCALLS = {"mmap", "mremap", "brk", "mprotect", "pkey_mprotect", "fork", "vfork",
-                   "clone", "clone3", "shmget", "shmat"}
-MLOCK_SYSCALLS = {"mlock", "mlock2", "mlockall", "shmctl"}
+                   "clone", "clone3", "shmget"}
 
 
 def request_bytes(f: Failure) -> int:

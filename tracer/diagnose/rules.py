@@ -1,4 +1,5 @@
-"""Why an allocation failed: small pure rules from a failure and its evidence to a finding."""
+"""Why an allocation failed: small pure rules from a failure and its evidence to a finding,
+tried for each syscall in the order its kernel path makes the checks (Linux 6.18, x86-64)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from .evidence import Evidence
 from .requests import (
     COMMIT_SYSCALLS,
     GROWING_SYSCALLS,
-    MLOCK_SYSCALLS,
     ONLY_RANGE_SYSCALLS,
     RANGE_SYSCALLS,
     SPLITTING_SYSCALLS,
@@ -58,51 +58,131 @@ def _flags(f: Failure, key: str = "flags") -> set[str]:
     return set(str(f.args.get(key, "")).split("|"))
 
 
+def _task_size(h: HostState) -> int:
+    """The kernel's TASK_SIZE: x86-64 leaves the top page of the user half unmapped
+    (TASK_SIZE_MAX = (1 << 47) - PAGE_SIZE with 4-level paging); HostState.task_size is
+    the span of the user half itself."""
+    return h.task_size - h.page_size
+
+
+def _page_align(n: int, page: int) -> int:
+    return -(-n // page) * page
+
+
 def _private_writable(f: Failure) -> bool:
+    """Whether the memory the syscall adds is data for may_expand_vm's is_data_mapping():
+    writable, not shared, not a stack (VM_GROWSDOWN)."""
     if f.syscall == "brk":
         return True
     prot = _flags(f, "prot")
     if f.syscall in ("mprotect", "pkey_mprotect"):
-        return "PROT_WRITE" in prot
+        return "PROT_WRITE" in prot and "PROT_GROWSDOWN" not in prot
     if f.syscall == "mmap":
-        # MAP_STACK only sets VM_NOHUGEPAGE: a private writable stack counts as data
-        return "PROT_WRITE" in prot and "MAP_PRIVATE" in _flags(f)
-    return f.syscall == "mremap"
+        # MAP_STACK only sets VM_NOHUGEPAGE: a private writable thread stack counts as data;
+        # MAP_GROWSDOWN sets VM_GROWSDOWN (VM_STACK), which does not.
+        flags = _flags(f)
+        return ("PROT_WRITE" in prot and bool({"MAP_PRIVATE", "MAP_DROPPABLE"} & flags)
+                and "MAP_GROWSDOWN" not in flags)
+    return f.syscall == "mremap"  # the region's own flags decide; a grown data region is data
 
 
-# -- rules for syscall failures, in the order the kernel checks -----------------------------
+# -- one rule per kernel check ---------------------------------------------------------------
+# Each docstring names the kernel function and the check in it the rule mirrors. The
+# sequences in CHECK_ORDER (below) put them in the order each syscall's path reaches them.
 
-def rule_too_large(f: Failure, ev: Evidence) -> Optional[Finding]:
-    if f.syscall not in ("mmap", "mremap"):
+def _too_large(f: Failure, ev: Evidence) -> Finding:
+    size = request_bytes(f)
+    top = _task_size(ev.host)
+    return Finding("too_large",
+                   f"{f.syscall} asked for {_b(size)}, more than a process can map at all "
+                   f"(TASK_SIZE {top:#x}: the {_b(ev.host.task_size)} user address space less "
+                   "its top page): the kernel refuses such a length before it looks for room "
+                   "or counts it against any limit or the commit; no setting makes this fit, "
+                   "the size is wrong (an overflow or a bad length)",
+                   {"request": size, "address_space": ev.host.task_size, "task_size": top})
+
+
+def rule_length_wraps(f: Failure, ev: Evidence) -> Optional[Finding]:
+    """do_mmap(): `len = PAGE_ALIGN(len); if (!len) return -ENOMEM;` -- a length within a
+    page of 2^64 wraps to 0, refused before the map count is looked at."""
+    if f.syscall != "mmap":
         return None
-    size = request_bytes(f) if f.syscall == "mmap" else int(f.args.get("new_size", 0))
-    if size > ev.host.task_size:
-        return Finding("too_large",
-                       f"{f.syscall} asked for {_b(size)}, more than the whole "
-                       f"{_b(ev.host.task_size)} user address space: no setting makes this fit; "
-                       "the size is wrong (an overflow or a bad length)",
-                       {"request": size, "address_space": ev.host.task_size})
+    if _page_align(request_bytes(f), ev.host.page_size) >= 1 << 64:
+        return _too_large(f, ev)
     return None
 
 
-def rule_max_map_count(f: Failure, ev: Evidence) -> Optional[Finding]:
-    t = f.task
-    if t is None or f.syscall not in SPLITTING_SYSCALLS:
+def rule_too_large(f: Failure, ev: Evidence) -> Optional[Finding]:
+    """__get_unmapped_area(): `if (len > TASK_SIZE) return -ENOMEM;` -- checked (after
+    do_mmap's map count) before the search for a free range, before mlock_future_ok and
+    may_expand_vm, so before any commit accounting: 128 TiB is too_large, never overcommit.
+    mremap is not here: check_mremap_params() says EINVAL for a new length over TASK_SIZE."""
+    if f.syscall != "mmap":
         return None
-    # A new mapping is refused only past the limit (the first one at it still works);
-    # splitting one mapping in the middle needs two more entries.
-    at_limit = (t.map_count > ev.host.max_map_count if f.syscall in ("mmap", "brk", "shmat")
-                else t.map_count >= ev.host.max_map_count - 1)
-    if at_limit:
-        return Finding("max_map_count",
-                       f"the process has {t.map_count} mappings and vm.max_map_count is "
-                       f"{ev.host.max_map_count}: raise it (sysctl vm.max_map_count) or make "
-                       "fewer, larger mappings",
-                       {"map_count": t.map_count, "max_map_count": ev.host.max_map_count})
+    if _page_align(request_bytes(f), ev.host.page_size) > _task_size(ev.host):
+        return _too_large(f, ev)
+    return None
+
+
+def _map_count_finding(f: Failure, ev: Evidence, check: str) -> Finding:
+    t = f.task
+    assert t is not None
+    return Finding("max_map_count",
+                   f"the process has {t.map_count} mappings and vm.max_map_count is "
+                   f"{ev.host.max_map_count} ({check}): raise it (sysctl vm.max_map_count) or "
+                   "make fewer, larger mappings",
+                   {"map_count": t.map_count, "max_map_count": ev.host.max_map_count})
+
+
+def rule_max_map_count(f: Failure, ev: Evidence) -> Optional[Finding]:
+    """The map-count checks: do_mmap() and do_brk_flags() refuse a new mapping once
+    `mm->map_count > sysctl_max_map_count` (the first one at the limit still works);
+    vms_gather_munmap_vmas() (munmap) refuses to split at `map_count >= max`; split_vma(),
+    reached through vma_modify() from mprotect_fixup, mlock_fixup and madvise_update_vma,
+    refuses at `map_count >= max`, and a range in the middle of a mapping splits twice.
+    mremap has its own thresholds (rule_mremap_fixed_map_count, rule_mremap_move_map_count)."""
+    t = f.task
+    if t is None or f.syscall not in SPLITTING_SYSCALLS or f.syscall == "mremap":
+        return None
+    limit = ev.host.max_map_count
+    if f.syscall in ("mmap", "brk", "shmat"):
+        at_limit, check = t.map_count > limit, "a new mapping is refused past the limit"
+    elif f.syscall == "munmap":
+        at_limit, check = t.map_count >= limit, "unmapping the middle of a mapping splits it"
+    else:
+        at_limit, check = t.map_count >= limit - 1, "changing the middle of a mapping splits " \
+            "it in three"
+    return _map_count_finding(f, ev, check) if at_limit else None
+
+
+def rule_mremap_fixed_map_count(f: Failure, ev: Evidence) -> Optional[Finding]:
+    """check_mremap_params(): with MREMAP_FIXED both the old and the new range may split
+    before the move, so `map_count + 2 >= sysctl_max_map_count - 3` -> -ENOMEM, checked
+    before the mapping is even looked up."""
+    t = f.task
+    if t is None or f.syscall != "mremap" or "MREMAP_FIXED" not in _flags(f):
+        return None
+    if t.map_count + 2 >= ev.host.max_map_count - 3:
+        return _map_count_finding(f, ev, "a fixed mremap needs room for four more")
+    return None
+
+
+def rule_mremap_move_map_count(f: Failure, ev: Evidence) -> Optional[Finding]:
+    """prep_move_vma(), first thing in move_vma(): `map_count >= sysctl_max_map_count - 3`
+    -> -ENOMEM (copying the mapping and unmapping the source may split three ways). Only
+    a move gets here: MREMAP_MAYMOVE or MREMAP_FIXED."""
+    t = f.task
+    if t is None or f.syscall != "mremap" or not {"MREMAP_MAYMOVE", "MREMAP_FIXED"} & _flags(f):
+        return None
+    if t.map_count >= ev.host.max_map_count - 3:
+        return _map_count_finding(f, ev, "moving a mapping needs room for three more")
     return None
 
 
 def rule_address_space(f: Failure, ev: Evidence) -> Optional[Finding]:
+    """vm_unmapped_area(), called by the arch get_unmapped_area from __get_unmapped_area()
+    (do_mmap, shmat) or from mremap's vrm_set_new_addr(): no free range of the length was
+    found (the mmap:vm_unmapped_area tracepoint returned -ENOMEM at the failure)."""
     t = f.task
     if t is not None and t.unmapped_area_failed:
         where = " in the 2 GiB MAP_32BIT window" if "MAP_32BIT" in _flags(f) else ""
@@ -115,8 +195,44 @@ def rule_address_space(f: Failure, ev: Evidence) -> Optional[Finding]:
     return None
 
 
+def _past_top(f: Failure, ev: Evidence, start: int, length: int, what: str) -> Finding:
+    top = _task_size(ev.host)
+    return Finding("address_space",
+                   f"{what} at {start:#x} for {_b(length)} would end at {start + length:#x}, "
+                   f"past the top of the user address space ({top:#x}): __get_unmapped_area "
+                   "refuses a fixed range that does not fit below TASK_SIZE; no limit was hit, "
+                   "the address (or the length) is wrong",
+                   {"addr": start, "request": length, "end": start + length, "task_size": top})
+
+
+def rule_fixed_past_top(f: Failure, ev: Evidence) -> Optional[Finding]:
+    """__get_unmapped_area(): for MAP_FIXED (and MAP_FIXED_NOREPLACE, which do_mmap turns
+    into MAP_FIXED) the arch code returns the address as given, then
+    `if (addr > TASK_SIZE - len) return -ENOMEM;` -- before any limit is looked at."""
+    if f.syscall != "mmap" or not {"MAP_FIXED", "MAP_FIXED_NOREPLACE"} & _flags(f):
+        return None
+    length = _page_align(request_bytes(f), ev.host.page_size)
+    start = int(f.args.get("addr", 0))
+    if start > _task_size(ev.host) - length:
+        return _past_top(f, ev, start, length, "mmap(MAP_FIXED)")
+    return None
+
+
+def rule_brk_past_top(f: Failure, ev: Evidence) -> Optional[Finding]:
+    """check_brk_limits() in the brk syscall: get_unmapped_area(NULL, oldbrk, len, 0,
+    MAP_FIXED) refuses a heap that would end past TASK_SIZE (then mlock_future_ok)."""
+    if f.syscall != "brk" or not f.size:
+        return None
+    requested = int(f.detail.get("requested_break", f.args.get("brk", 0)))
+    if requested > _task_size(ev.host):
+        return _past_top(f, ev, requested - f.size, f.size, "brk")
+    return None
+
+
 def rule_mremap_in_place(f: Failure, ev: Evidence) -> Optional[Finding]:
-    """Checked after the limits: mremap tests RLIMIT_AS and the mlock limit first."""
+    """expand_vma(): when vrm_can_expand_in_place() says the next range is in use,
+    `if (!(vrm->flags & MREMAP_MAYMOVE)) return -ENOMEM;` -- after check_prep_vma()'s
+    mlock and may_expand_vm limits."""
     if f.syscall == "mremap" and "MREMAP_MAYMOVE" not in _flags(f) and request_bytes(f) > 0:
         return Finding("address_space",
                        "mremap could not grow the mapping in place (the next range is in use) "
@@ -126,6 +242,9 @@ def rule_mremap_in_place(f: Failure, ev: Evidence) -> Optional[Finding]:
 
 
 def rule_hugetlb(f: Failure, ev: Evidence) -> Optional[Finding]:
+    """hugetlb_reserve_pages(): the pool must hold the mapping's huge pages -- reached from
+    hugetlbfs' mmap hook in __mmap_region() (after may_expand_vm; hugetlb is never commit
+    accounted) for MAP_HUGETLB, and from hugetlb_file_setup() in newseg() for SHM_HUGETLB."""
     if not ({"MAP_HUGETLB", "SHM_HUGETLB"} & (_flags(f) | _flags(f, "shmflg"))):
         return None
     need = request_bytes(f)
@@ -144,23 +263,34 @@ def rule_hugetlb(f: Failure, ev: Evidence) -> Optional[Finding]:
 
 
 def rule_rlimit_memlock(f: Failure, ev: Evidence) -> Optional[Finding]:
+    """The RLIMIT_MEMLOCK checks: mlock_future_ok() (`locked_vm + len > RLIMIT_MEMLOCK`
+    for a VM_LOCKED mapping, unless CAP_IPC_LOCK) -> -EAGAIN in do_mmap() (MAP_LOCKED, or
+    mlockall(MCL_FUTURE)'s def_flags) and check_prep_vma() (mremap growing a locked
+    mapping), and silently in check_brk_limits(); do_mlock() -> -ENOMEM before
+    apply_vma_lock_flags() looks at the range; mlockall(MCL_CURRENT) -> -ENOMEM when
+    `total_vm > RLIMIT_MEMLOCK`; shmctl(SHM_LOCK) through user_shm_lock()."""
     t = f.task
     if t is None or t.cap_ipc_lock or t.rlim_memlock is None:
         return None
-    locked_mapping = f.syscall == "mmap" and ("MAP_LOCKED" in _flags(f) or t.mlock_future)
-    growing_locked = f.syscall in ("mremap", "brk") and t.mlock_future
-    if f.syscall == "mlockall":
-        need = t.total_vm if "MCL_CURRENT" in _flags(f) else 0
-        if "MCL_FUTURE" in _flags(f) and not need:
+    flags = _flags(f)
+    if f.syscall in ("mmap", "mremap"):
+        # do_mmap and check_prep_vma say EAGAIN for a locked mapping over the limit, and
+        # have no other EAGAIN: the errno is the kernel's verdict (an ENOMEM is something
+        # else). mmap's mapping is locked by MAP_LOCKED or mlockall(MCL_FUTURE); mremap's
+        # may have been mlock()ed, which the task state does not show.
+        locked = ("MAP_LOCKED" in flags or t.mlock_future) if f.syscall == "mmap" else True
+        if f.errno != "EAGAIN" or not locked:
             return None
-    elif f.syscall in MLOCK_SYSCALLS or locked_mapping or growing_locked:
         need = t.locked_vm + request_bytes(f)
     else:
-        return None
-    # mlock over the limit says ENOMEM (its EAGAIN means faulting the pages in failed);
-    # a locked mapping over it says EAGAIN, which is the kernel's verdict itself.
-    if need <= t.rlim_memlock and not (f.errno == "EAGAIN" and (locked_mapping or growing_locked)):
-        return None
+        if f.syscall == "mlockall" and "MCL_CURRENT" in flags:
+            need = t.total_vm
+        elif f.syscall in ("mlock", "mlock2", "shmctl") or (f.syscall == "brk" and t.mlock_future):
+            need = t.locked_vm + request_bytes(f)
+        else:
+            return None
+        if need <= t.rlim_memlock:
+            return None
     return Finding("rlimit_memlock",
                    f"locking {_b(request_bytes(f) or need)} more would bring locked memory to "
                    f"{_b(need)}, over RLIMIT_MEMLOCK ({_b(t.rlim_memlock)}): raise it "
@@ -169,11 +299,16 @@ def rule_rlimit_memlock(f: Failure, ev: Evidence) -> Optional[Finding]:
                     "rlimit_memlock": t.rlim_memlock, "errno": f.errno})
 
 
-def _bad_range(f: Failure, ev: Evidence) -> Finding:
+def _bad_range(f: Failure, ev: Evidence, past_top: bool = False) -> Finding:
     addr = int(f.args.get("addr", 0))
     length = request_bytes(f)
-    how = "" if ev.range_mapped is False else " (the process was gone before its mappings " \
-        "could be read: inferred because no limit explains it)"
+    if past_top:
+        how = " (it runs past the top of the user address space)"
+    elif ev.range_mapped is False:
+        how = ""
+    else:
+        how = (" (the process was gone before its mappings could be read: inferred because "
+               "no limit explains it)")
     return Finding("bad_range",
                    f"{f.syscall} was given a range ({addr:#x}, {_b(length)}) that is not fully "
                    f"mapped{how}; the kernel says ENOMEM for that: not a memory shortage, a bug "
@@ -182,22 +317,35 @@ def _bad_range(f: Failure, ev: Evidence) -> Finding:
 
 
 def rule_bad_range(f: Failure, ev: Evidence) -> Optional[Finding]:
+    """The range walks: do_mprotect_pkey() (`end <= start`, no VMA at the start, a hole
+    before the next VMA), apply_vma_lock_flags() (mlock/munlock), madvise_walk_vmas(),
+    mincore (access_ok, vma_lookup) and msync all say -ENOMEM for a range that is not
+    fully mapped -- known from the evidence, or from a range past TASK_SIZE (nothing is
+    mapped there); mincore, msync and munlock have no other ENOMEM."""
     if f.syscall not in RANGE_SYSCALLS or f.errno != "ENOMEM":
         return None
+    end = int(f.args.get("addr", 0)) + request_bytes(f)
+    if end > _task_size(ev.host):
+        return _bad_range(f, ev, past_top=True)
     if ev.range_mapped is False or (ev.range_mapped is None and f.syscall in ONLY_RANGE_SYSCALLS):
         return _bad_range(f, ev)
     return None
 
 
 def rule_bad_range_by_elimination(f: Failure, ev: Evidence) -> Optional[Finding]:
-    """mprotect/madvise/mlock say ENOMEM for a hole, a map-count split or a limit; with the
-    limits ruled out and the mappings unreadable, the hole is what is left."""
+    """do_mprotect_pkey(), apply_vma_lock_flags() and madvise_walk_vmas(): mprotect, mlock
+    and madvise say ENOMEM for a hole, a map-count split or a limit; with the limits and the
+    split ruled out and the mappings unreadable, the hole their range walk finds is what is
+    left."""
     if f.syscall in RANGE_SYSCALLS and ev.range_mapped is None and f.errno == "ENOMEM":
         return _bad_range(f, ev)
     return None
 
 
 def rule_rlimit_as(f: Failure, ev: Evidence) -> Optional[Finding]:
+    """may_expand_vm(): `mm->total_vm + npages > rlimit(RLIMIT_AS)` -> -ENOMEM, its first
+    check: in __mmap_region() (mmap, shmat), check_prep_vma() (mremap, after
+    mlock_future_ok) and do_brk_flags() (brk)."""
     t = f.task
     if t is None or t.rlim_as is None or f.syscall not in GROWING_SYSCALLS:
         return None
@@ -213,27 +361,61 @@ def rule_rlimit_as(f: Failure, ev: Evidence) -> Optional[Finding]:
 
 
 def rule_rlimit_data(f: Failure, ev: Evidence) -> Optional[Finding]:
+    """may_expand_vm(): for a data mapping (is_data_mapping: writable, not shared, not a
+    stack) `mm->data_vm + npages > rlimit(RLIMIT_DATA)` -> -ENOMEM, right after the
+    RLIMIT_AS check (__mmap_region, check_prep_vma for mremap, do_brk_flags). The brk
+    syscall checks RLIMIT_DATA first of all (check_data_rlimit). mprotect_fixup() makes the
+    check when a private mapping turns writable, and fails only if the mapping as it was
+    would still fit (`!may_expand_vm(mm, newflags, n) && may_expand_vm(mm, oldflags, n)`),
+    so never while total_vm + n is over RLIMIT_AS."""
     t = f.task
     if t is None or t.rlim_data is None or not _private_writable(f):
         return None
-    need = t.data_vm + request_bytes(f)
+    request = request_bytes(f)
+    if f.syscall in ("mprotect", "pkey_mprotect") and t.rlim_as is not None \
+            and t.total_vm + request > t.rlim_as:
+        return None
+    need = t.data_vm + request
     if need > t.rlim_data:
         return Finding("rlimit_data",
                        f"private writable memory would grow from {_b(t.data_vm)} by "
-                       f"{_b(request_bytes(f))} to {_b(need)}, over RLIMIT_DATA "
+                       f"{_b(request)} to {_b(need)}, over RLIMIT_DATA "
                        f"({_b(t.rlim_data)}): raise it (ulimit -d, LimitDATA=, prlimit --data)",
-                       {"data_vm": t.data_vm, "request": request_bytes(f),
+                       {"data_vm": t.data_vm, "request": request,
                         "rlimit_data": t.rlim_data})
     return None
 
 
+def rule_brk_data_first(f: Failure, ev: Evidence) -> Optional[Finding]:
+    """The brk syscall: check_data_rlimit() (the heap plus the data segment against
+    RLIMIT_DATA) comes before check_brk_limits() and before do_brk_flags() asks
+    may_expand_vm about RLIMIT_AS."""
+    return rule_rlimit_data(f, ev) if f.syscall == "brk" else None
+
+
+def _charges_commit(f: Failure, h: HostState) -> bool:
+    """Whether the syscall's path reaches __vm_enough_memory for what it asked."""
+    if f.syscall == "mmap":
+        return _accounted_mapping(f, h)
+    if f.syscall in ("mprotect", "pkey_mprotect"):
+        # mprotect_fixup charges only a private mapping that turns writable
+        return "PROT_WRITE" in _flags(f, "prot")
+    return True
+
+
 def rule_overcommit(f: Failure, ev: Evidence) -> Optional[Finding]:
+    """__vm_enough_memory() through security_vm_enough_memory_mm(): after may_expand_vm in
+    __mmap_region() for an accountable_mapping(), in do_brk_flags(), in mremap's
+    vrm_calc_charge(), in mprotect_fixup() when a private mapping turns writable, for every
+    VM_ACCOUNT mapping in dup_mmap() (fork) and in shmem_acct_size() (shmget, shared
+    anonymous mmap). Mode 0 refuses one request larger than RAM + swap; mode 2 refuses
+    once Committed_AS would pass CommitLimit; its rate-limited message confirms it."""
     if f.syscall not in COMMIT_SYSCALLS:
         return None
     h = ev.host
     request = request_bytes(f)
     msg = f.detail.get("kernel_message")
-    if f.syscall == "mmap" and not msg and not _accounted_mapping(f):
+    if not msg and not _charges_commit(f, h):
         return None
     if f.syscall in ("fork", "vfork", "clone", "clone3") and f.task is not None:
         request = f.task.data_vm  # the child's private writable memory is committed again
@@ -252,13 +434,24 @@ def rule_overcommit(f: Failure, ev: Evidence) -> Optional[Finding]:
     return None
 
 
-def _accounted_mapping(f: Failure) -> bool:
-    """Whether an mmap is charged to the commit: private writable or shared anonymous
-    memory, unless MAP_NORESERVE (or hugetlb, which has its own pool)."""
+def rule_overcommit_confirmed(f: Failure, ev: Evidence) -> Optional[Finding]:
+    """mremap's expand_vma_in_place(): vrm_calc_charge() -> __vm_enough_memory comes
+    before the MREMAP_MAYMOVE check when the mapping can grow in place; only the kernel's
+    own message tells that path from the one that could not grow in place."""
+    return rule_overcommit(f, ev) if f.detail.get("kernel_message") else None
+
+
+def _accounted_mapping(f: Failure, h: HostState) -> bool:
+    """accountable_mapping() in __mmap_region(): private writable memory is charged to the
+    commit, unless VM_NORESERVE (MAP_NORESERVE, which do_mmap honours only when
+    overcommit is not strict, or MAP_DROPPABLE) or hugetlb (its own pool); shared anonymous
+    memory is charged by shmem_zero_setup() -> shmem_acct_size()."""
     flags, prot = _flags(f), _flags(f, "prot")
-    if "MAP_NORESERVE" in flags or "MAP_HUGETLB" in flags:
+    if "MAP_HUGETLB" in flags or "MAP_DROPPABLE" in flags:
         return False
-    if "MAP_SHARED" in flags:
+    if "MAP_NORESERVE" in flags and h.overcommit_memory != 2:
+        return False
+    if "MAP_SHARED" in flags or "MAP_SHARED_VALIDATE" in flags:
         return "MAP_ANONYMOUS" in flags
     return "PROT_WRITE" in prot
 
@@ -329,6 +522,11 @@ def kernel_finding(k: KernelFailure, cgroup: Optional[CgroupState], h: HostState
 
 
 def rule_linked_kernel_failure(f: Failure, ev: Evidence) -> Optional[Finding]:
+    """The allocations each path makes once its checks have passed -- vm_area_alloc() and
+    the maple-tree preallocation in __mmap_region()/do_brk_flags(), vm_area_dup() in
+    split_vma(), copy_vma() and the page tables in move_vma(), a kmalloc/vmalloc/page
+    allocation inside any other syscall -- failed inside this syscall (kernel_finding says
+    why: too large, the memory cgroup's limit, fragmentation, exhaustion)."""
     if not f.linked:
         return None
     for k in f.linked:
@@ -345,16 +543,115 @@ def rule_linked_kernel_failure(f: Failure, ev: Evidence) -> Optional[Finding]:
                     "opportunistic": k.opportunistic})
 
 
-def rule_brk_data_first(f: Failure, ev: Evidence) -> Optional[Finding]:
-    """brk checks RLIMIT_DATA before it asks may_expand_vm about RLIMIT_AS."""
-    return rule_rlimit_data(f, ev) if f.syscall == "brk" else None
+def rule_brk_next_mapping(f: Failure, ev: Evidence) -> Optional[Finding]:
+    """The brk syscall, after check_brk_limits(): the new break must stay a guard gap
+    below the next mapping (`newbrk + PAGE_SIZE > vm_start_gap(next)` -> the old break).
+    Nothing captured shows the neighbour, so this is what is left once the limits (read at
+    the failure), the map count, the commit and the kernel allocations are ruled out."""
+    if f.syscall != "brk" or f.task is None or not f.size:
+        return None
+    return Finding("address_space",
+                   f"the heap could not grow by {_b(f.size)}: no limit, map count, commit or "
+                   "kernel allocation explains it, which leaves the brk syscall's own check "
+                   "that the new break stays clear of the next mapping (inferred); malloc "
+                   "falls back to mmap, so this alone is harmless unless mmap fails too",
+                   {"request": f.size, "requested_break": f.detail.get("requested_break"),
+                    "returned_break": f.detail.get("returned_break")})
 
 
-SYSCALL_RULES: Sequence[Rule] = (
-    rule_too_large, rule_max_map_count, rule_address_space, rule_rlimit_memlock,
-    rule_bad_range, rule_brk_data_first, rule_rlimit_as, rule_rlimit_data, rule_mremap_in_place,
-    rule_hugetlb, rule_overcommit, rule_linked_kernel_failure, rule_bad_range_by_elimination,
+# -- the order of the checks, per syscall ----------------------------------------------------
+# The first rule that matches wins, so each sequence is the order in which that syscall's
+# kernel path (6.18) makes the checks. Rules with no evidence to go on (by elimination) come
+# last whatever their place in the kernel.
+
+_MMAP = (
+    rule_length_wraps,  # do_mmap: PAGE_ALIGN(len) wraps
+    rule_max_map_count,  # do_mmap: map_count > sysctl_max_map_count
+    rule_too_large,  # __get_unmapped_area: len > TASK_SIZE
+    rule_fixed_past_top,  # __get_unmapped_area: MAP_FIXED addr > TASK_SIZE - len
+    rule_address_space,  # arch get_unmapped_area -> vm_unmapped_area found no room
+    rule_rlimit_memlock,  # do_mmap: mlock_future_ok -> EAGAIN
+    rule_rlimit_as,  # __mmap_region: may_expand_vm, RLIMIT_AS
+    rule_rlimit_data,  # __mmap_region: may_expand_vm, RLIMIT_DATA
+    rule_overcommit,  # __mmap_region: accountable_mapping -> __vm_enough_memory
+    rule_hugetlb,  # hugetlbfs mmap -> hugetlb_reserve_pages
+    rule_linked_kernel_failure,  # vm_area_alloc, maple tree, shmem_zero_setup
 )
+_MREMAP = (
+    rule_mremap_fixed_map_count,  # check_mremap_params
+    rule_rlimit_memlock,  # check_prep_vma: mlock_future_ok -> EAGAIN
+    rule_rlimit_as,  # check_prep_vma: may_expand_vm
+    rule_rlimit_data,
+    rule_overcommit_confirmed,  # expand_vma_in_place: vrm_calc_charge
+    rule_mremap_in_place,  # expand_vma: no MREMAP_MAYMOVE
+    rule_address_space,  # vrm_set_new_addr: get_unmapped_area
+    rule_mremap_move_map_count,  # prep_move_vma
+    rule_overcommit,  # move_vma: vrm_calc_charge
+    rule_linked_kernel_failure,  # copy_vma, move_page_tables
+)
+_BRK = (
+    rule_brk_data_first,  # check_data_rlimit
+    rule_brk_past_top,  # check_brk_limits: get_unmapped_area(MAP_FIXED)
+    rule_rlimit_memlock,  # check_brk_limits: mlock_future_ok
+    rule_rlimit_as,  # do_brk_flags: may_expand_vm
+    rule_max_map_count,  # do_brk_flags: map_count > sysctl_max_map_count
+    rule_overcommit,  # do_brk_flags: security_vm_enough_memory_mm
+    rule_linked_kernel_failure,
+    rule_brk_next_mapping,  # (before do_brk_flags in the kernel; by elimination here)
+)
+_MPROTECT = (
+    rule_bad_range,  # do_mprotect_pkey: the range walk
+    rule_rlimit_data,  # mprotect_fixup: may_expand_vm when the area turns into data
+    rule_overcommit,  # mprotect_fixup: security_vm_enough_memory_mm
+    rule_max_map_count,  # vma_modify_flags -> split_vma
+    rule_linked_kernel_failure,
+    rule_bad_range_by_elimination,
+)
+_MLOCK = (
+    rule_rlimit_memlock,  # do_mlock: locked > RLIMIT_MEMLOCK, before the range is looked at
+    rule_bad_range,  # apply_vma_lock_flags: the range walk
+    rule_max_map_count,  # mlock_fixup -> vma_modify_flags -> split_vma
+    rule_linked_kernel_failure,  # and __mm_populate (its ENOMEM becomes EAGAIN)
+    rule_bad_range_by_elimination,
+)
+_RANGE_THEN_SPLIT = (  # munlock, madvise: the range walk, then splits
+    rule_bad_range, rule_max_map_count, rule_linked_kernel_failure,
+    rule_bad_range_by_elimination,
+)
+_FORK = (rule_overcommit, rule_linked_kernel_failure)  # dup_mmap: VM_ACCOUNT mappings
+
+CHECK_ORDER: Mapping[str, Sequence[Rule]] = {
+    "mmap": _MMAP,
+    # do_shmat -> do_mmap of the segment, shared: never data, never commit accounted
+    "shmat": (rule_max_map_count, rule_address_space, rule_rlimit_memlock, rule_rlimit_as,
+              rule_linked_kernel_failure),
+    "mremap": _MREMAP,
+    "brk": _BRK,
+    "mprotect": _MPROTECT,
+    "pkey_mprotect": _MPROTECT,
+    "mlock": _MLOCK,
+    "mlock2": _MLOCK,
+    "munlock": _RANGE_THEN_SPLIT,
+    "madvise": _RANGE_THEN_SPLIT,
+    "process_madvise": _RANGE_THEN_SPLIT,
+    # mlockall: the limit; apply_mlockall_flags ignores what fails after it
+    "mlockall": (rule_rlimit_memlock, rule_linked_kernel_failure),
+    "mincore": (rule_bad_range, rule_linked_kernel_failure, rule_bad_range_by_elimination),
+    "msync": (rule_bad_range, rule_linked_kernel_failure, rule_bad_range_by_elimination),
+    "munmap": (rule_max_map_count, rule_linked_kernel_failure),  # vms_gather_munmap_vmas
+    # newseg: hugetlb_file_setup reserves the pool, or shmem_kernel_file_setup charges it
+    "shmget": (rule_hugetlb, rule_overcommit, rule_linked_kernel_failure),
+    "shmctl": (rule_rlimit_memlock, rule_linked_kernel_failure),  # SHM_LOCK: user_shm_lock
+    "fork": _FORK, "vfork": _FORK, "clone": _FORK, "clone3": _FORK,
+}
+# Any other syscall: a search for a free range (a driver's mmap hook), or an allocation
+# inside it.
+DEFAULT_CHECKS: Sequence[Rule] = (rule_address_space, rule_linked_kernel_failure)
+
+
+def checks_for(syscall: Optional[str]) -> Sequence[Rule]:
+    """The rules for one syscall, in the order its kernel path makes the checks."""
+    return CHECK_ORDER.get(syscall or "", DEFAULT_CHECKS)
 
 
 def _unknown(f: Failure, ev: Evidence) -> Finding:
@@ -385,7 +682,7 @@ def confirm(f: Failure, found: Finding) -> Finding:
 
 
 def diagnose_syscall(f: Failure, ev: Evidence) -> Finding:
-    for rule in SYSCALL_RULES:
+    for rule in checks_for(f.syscall):
         found = rule(f, ev)
         if found is not None:
             return confirm(f, found)
