@@ -9,15 +9,16 @@ from typing import Any, Callable, NoReturn, Optional
 import click
 
 from ..errors import MemtraceError, UsageError
+from ..views.terminal import inert
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"memtrace: error: {message}", err=True)
+    click.echo(f"memtrace: error: {inert(message)}", err=True)  # messages may quote traced names
     sys.exit(code)
 
 
 def log(message: str) -> None:
-    click.echo(message, err=True)
+    click.echo(inert(message), err=True)
 
 
 def skipped_line_warning(path: str, line: int, reason: str) -> str:
