@@ -6,6 +6,7 @@
  *   MT_PROBE_OOM       OOM kills (mark_victim)
  *   MT_PROBE_KMSG      the kernel's console lines that are evidence (console)
  *   MT_PROBE_DECISIONS the kernel's decision points (kretprobes; needs MT_PROBE_KMEM)
+ *   MT_PROBE_CGROUPS   every cgroup's kernfs id and path as it is made or renamed
  * The leak profiler is the other program, bpf/leaks.bpf.c.
  *
  * One file, not one per family: bcc rewrites map calls (events.ringbuf_reserve(),
@@ -43,6 +44,38 @@ BPF_PERCPU_ARRAY(scratch_pending, struct mt_pending, 1);
 /* Never written: a block of zeroes to clear a reserved event with one helper call
  * (an inline memset of a whole event is too large for the compiler to unroll). */
 BPF_ARRAY(zeroes, struct mt_event, 1);
+/* Kernel pointers found once at start (MT_GLOBAL_*), by mt_discover. */
+BPF_ARRAY(globals, u64, MT_GLOBAL_MAX);
+/* One node's pivots while the VMA tree is walked (too big for the BPF stack). */
+struct mt_pivots {
+	u64 v[16];
+};
+BPF_PERCPU_ARRAY(scratch_pivots, struct mt_pivots, 1);
+/* Programs tail-called to keep the verifier's work per program small (user space fills it). */
+#define MT_TAIL_RANGE_CHECK 0
+BPF_PROG_ARRAY(tails, 1);
+/* Events with a stack copy are built here and copied into the ring buffer at their real
+ * length. One slot per program that can interrupt another on the same CPU (a syscall's
+ * exit, a page allocation failing in an interrupt, a slab one inside that). */
+#define MT_SLOT_SYSCALL 0
+#define MT_SLOT_PAGE 1
+#define MT_SLOT_OTHER 2
+BPF_PERCPU_ARRAY(scratch_events, struct mt_event_full, 3);
+/* Until when (bpf_ktime_get_ns) this CPU found the ring buffer full: events built in the
+ * scratch slots are not built at all for a moment after, since they would be dropped. */
+#define MT_RING_FULL_BACKOFF_NS 100000ULL
+BPF_PERCPU_ARRAY(ring_full_until, u64, 1);
+/* Stack copies made per call site in the current second (kernel-side only). */
+struct mt_ustack_site {
+	u32 tgid;
+	s32 stack_id;
+	u64 ip;
+};
+struct mt_ustack_budget {
+	u64 window_ns;
+	u64 used;
+};
+BPF_TABLE("lru_hash", struct mt_ustack_site, struct mt_ustack_budget, ustack_budget, MT_USTACK_SITES);
 
 static __always_inline void count_drop(u32 reason)
 {
@@ -58,16 +91,23 @@ static __always_inline void *read_ptr(void *base, u64 off)
 	return p;
 }
 
-/* kernfs id of the task's memory cgroup: task->cgroups->subsys[memory]->cgroup->kn->id.
- * The same chain names the v1 memory cgroup on a hybrid host and the v2 cgroup on a
- * unified one. */
-static __always_inline u64 task_memcg_id(void *task)
+/* The memory controller's css of the task: task->cgroups->subsys[memory]. */
+static __always_inline void *task_memcg_css(void *task)
 {
 #ifdef MT_HAVE_MEMCG
 	void *cset = read_ptr(task, MT_OFF_TASK_CGROUPS);
 	if (!cset)
 		return 0;
-	void *css = read_ptr(cset, MT_OFF_CSS_SET_SUBSYS_MEMCG);
+	return read_ptr(cset, MT_OFF_CSS_SET_SUBSYS_MEMCG);
+#else
+	return 0;
+#endif
+}
+
+/* kernfs id of a cgroup_subsys_state's cgroup: css->cgroup->kn->id. */
+static __always_inline u64 css_cgroup_id(void *css)
+{
+#ifdef MT_HAVE_MEMCG
 	if (!css)
 		return 0;
 	void *cgrp = read_ptr(css, MT_OFF_CSS_CGROUP);
@@ -84,6 +124,273 @@ static __always_inline u64 task_memcg_id(void *task)
 #endif
 }
 
+/* kernfs id of the task's memory cgroup. The same chain names the v1 memory cgroup on a
+ * hybrid host and the v2 cgroup on a unified one. */
+static __always_inline u64 task_memcg_id(void *task)
+{
+	return css_cgroup_id(task_memcg_css(task));
+}
+
+/* The task's memory cgroup's charge and limit, and of all the cgroups whose limits apply
+ * (its ancestors', walked up the page_counter parents) the one with the least headroom:
+ * the limit a charge would hit first. struct mem_cgroup from its css by container_of
+ * (css's offset in mem_cgroup from BTF). Only on failure paths. */
+static __always_inline void memcg_evidence(void *css, struct mt_memcg_evidence *ev)
+{
+#ifdef MT_HAVE_MEMCG_COUNTERS
+	if (!css)
+		return;
+	void *counter = css - MT_OFF_MEMCG_CSS + MT_OFF_MEMCG_MEMORY;
+	void *best = 0;
+	u64 best_room = ~0ULL;
+	for (int level = 0; level < MT_MEMCG_LEVELS; level++) {
+		s64 usage = 0;
+		u64 max = 0;
+		if (bpf_probe_read_kernel(&usage, sizeof(usage), counter + MT_OFF_PAGE_COUNTER_USAGE) ||
+		    bpf_probe_read_kernel(&max, sizeof(max), counter + MT_OFF_PAGE_COUNTER_MAX))
+			break;
+		u64 used = usage > 0 ? (u64)usage : 0;
+		u64 room = used >= max ? 0 : max - used;
+		if (level == 0) {
+			ev->usage = used;
+			ev->max = max;
+			ev->valid = 1;
+		}
+		if (room < best_room) {
+			best_room = room;
+			best = counter;
+			ev->limit_usage = used;
+			ev->limit_max = max;
+			ev->limit_level = level;
+		}
+		counter = read_ptr(counter, MT_OFF_PAGE_COUNTER_PARENT);
+		if (!counter)
+			break;
+	}
+	if (best)
+		ev->limit_id = css_cgroup_id(best - MT_OFF_MEMCG_MEMORY + MT_OFF_MEMCG_CSS);
+#endif
+}
+
+/* ---- memory state that changes fast, read at the failure (struct mt_host_evidence) ---- */
+
+static __always_inline u64 read_count(void *p)
+{
+	s64 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), p);
+	return v > 0 ? (u64)v : 0;
+}
+
+/* Free pages, watermarks and the reclaimable pages of every zone and node, as
+ * si_mem_available() and calculate_totalreserve_pages() read them (bounded loops, not
+ * unrolled: this is inlined into several programs). The nodes are reached
+ * from a memory cgroup (any: each has one lruvec per node, pointing at the node's
+ * pglist_data), since this kernel's symbol table has no data symbols to find them by. */
+static __always_inline void zone_evidence(void *css, struct mt_host_evidence *h)
+{
+#if defined(MT_HAVE_ZONES) && defined(MT_HAVE_MEMCG)
+	if (!css)
+		return;
+	void *memcg = css - MT_OFF_MEMCG_CSS;
+	int seen = 0;
+	for (int nid = 0; nid < MT_NR_NODES && nid < MT_MAX_NODES; nid++) {
+		void *pn = read_ptr(memcg, MT_OFF_MEMCG_NODEINFO + nid * sizeof(void *));
+		if (!pn)
+			continue;
+		void *pgdat = read_ptr(pn, MT_OFF_MEMCG_PER_NODE_LRUVEC + MT_OFF_LRUVEC_PGDAT);
+		if (!pgdat)
+			continue;
+		seen = 1;
+		h->file += read_count(pgdat + MT_OFF_PGDAT_VM_STAT + MT_NR_INACTIVE_FILE * 8) +
+			   read_count(pgdat + MT_OFF_PGDAT_VM_STAT + MT_NR_ACTIVE_FILE * 8);
+		h->reclaimable += read_count(pgdat + MT_OFF_PGDAT_VM_STAT + MT_NR_SLAB_RECLAIMABLE_B * 8) +
+				  read_count(pgdat + MT_OFF_PGDAT_VM_STAT + MT_NR_KERNEL_MISC_RECLAIMABLE * 8);
+		for (int z = 0; z < MT_NR_ZONES && z < MT_MAX_ZONES; z++) {
+			void *zone = pgdat + MT_OFF_PGDAT_NODE_ZONES + z * MT_SIZEOF_ZONE;
+			u64 managed = read_count(zone + MT_OFF_ZONE_MANAGED_PAGES);
+			if (!managed)
+				continue;
+			u64 boost = read_count(zone + MT_OFF_ZONE_WATERMARK_BOOST);
+			u64 high = read_count(zone + MT_OFF_ZONE_WATERMARK + MT_WMARK_HIGH * 8) + boost;
+			h->managed += managed;
+			h->free += read_count(zone + MT_OFF_ZONE_VM_STAT + MT_NR_FREE_PAGES * 8);
+			h->wmark_min += read_count(zone + MT_OFF_ZONE_WATERMARK + MT_WMARK_MIN * 8) + boost;
+			h->wmark_low += read_count(zone + MT_OFF_ZONE_WATERMARK + MT_WMARK_LOW * 8) + boost;
+			h->wmark_high += high;
+			u64 most = 0;
+			for (int j = z; j < MT_NR_ZONES && j < MT_MAX_ZONES; j++) {
+				u64 r = read_count(zone + MT_OFF_ZONE_LOWMEM_RESERVE + j * 8);
+				if (r > most)
+					most = r;
+			}
+			most += high;
+			h->reserve += most < managed ? most : managed;
+		}
+	}
+	if (seen)
+		h->flags |= MT_HOST_ZONES;
+#endif
+}
+
+/* The default huge page pool (its struct hstate was found at start by mt_discover). */
+static __always_inline void hugetlb_evidence(struct mt_host_evidence *h)
+{
+#ifdef MT_HAVE_HUGETLB
+	u32 slot = MT_GLOBAL_HSTATE;
+	u64 *hp = globals.lookup(&slot);
+	if (!hp || !*hp)
+		return;
+	void *hs = (void *)*hp;
+	h->huge_total = read_count(hs + MT_OFF_HSTATE_NR_HUGE_PAGES);
+	h->huge_free = read_count(hs + MT_OFF_HSTATE_FREE_HUGE_PAGES);
+	h->huge_reserved = read_count(hs + MT_OFF_HSTATE_RESV_HUGE_PAGES);
+	h->huge_surplus = read_count(hs + MT_OFF_HSTATE_SURPLUS_HUGE_PAGES);
+	bpf_probe_read_kernel(&h->huge_order, sizeof(u32), hs + MT_OFF_HSTATE_ORDER);
+	h->flags |= MT_HOST_HUGETLB;
+#endif
+}
+
+#ifdef MT_HAVE_MAPLE
+/* The VMA of mm that contains addr: a descent of the mm's maple tree as mtree_range_walk()
+ * does it (a node's slot i covers addresses up to pivot[i]; a zero pivot past the first
+ * ends the node's data, whose last slot reaches the node's end). Returns the VMA, 0 for
+ * a hole, or sets *unknown when the tree is not as expected (deeper, changing). */
+static __always_inline void *vma_at(void *mm, u64 addr, int *unknown)
+{
+	u32 zero = 0;
+	struct mt_pivots *piv = scratch_pivots.lookup(&zero);
+	if (!piv) {
+		*unknown = 1;
+		return 0;
+	}
+	u64 entry = (u64)read_ptr(mm, MT_OFF_MM_MT + MT_OFF_MAPLE_TREE_ROOT);
+	for (int level = 0; level < MT_TREE_LEVELS; level++) {
+		/* The root is a node when tagged MAPLE_ROOT_NODE (xa_is_node); below it, every
+		 * slot of an inner node holds a child (its type in bits 3-6, bit 2 a hint). */
+		if (entry <= 4096 || (level == 0 && (entry & 3) != 2))
+			break;
+		void *node = (void *)(entry & ~0xffULL);           /* MAPLE_NODE_MASK */
+		u32 type = (entry >> 3) & 0xf;                     /* MAPLE_NODE_TYPE_SHIFT, _MASK */
+		u32 npivots = MT_MAPLE_RANGE64_PIVOTS;
+		u64 pivots_at = MT_OFF_MAPLE_RANGE64_PIVOT, slots_at = MT_OFF_MAPLE_RANGE64_SLOT;
+		if (type == MT_MAPLE_ARANGE_64) {
+			npivots = MT_MAPLE_ARANGE64_PIVOTS;
+			pivots_at = MT_OFF_MAPLE_ARANGE64_PIVOT;
+			slots_at = MT_OFF_MAPLE_ARANGE64_SLOT;
+		} else if (type != MT_MAPLE_RANGE_64 && type != MT_MAPLE_LEAF_64) {
+			break;
+		}
+		if (bpf_probe_read_kernel(piv->v, MT_MAPLE_RANGE64_PIVOTS * 8, node + pivots_at))
+			break;
+		u32 slot = npivots;
+		for (int i = 0; i < MT_MAPLE_RANGE64_PIVOTS; i++) {
+			if (i >= npivots)
+				break;
+			u64 p = piv->v[i];
+			if (p >= addr || (i > 0 && p == 0)) {
+				slot = i;
+				break;
+			}
+		}
+		entry = (u64)read_ptr(node, slots_at + (slot & 15) * sizeof(void *));
+		if (type == MT_MAPLE_LEAF_64)
+			return (void *)entry;
+	}
+	*unknown = 1;
+	return 0;
+}
+#endif
+
+/* Whether [start, start+len) is fully mapped, as the range syscalls require (they fail
+ * with ENOMEM on a hole): MT_HOST_RANGE_CHECKED, plus MT_HOST_RANGE_MAPPED when it was;
+ * 0 when it could not be told. Follows the VMAs from start, at most MT_RANGE_VMAS. The
+ * loops here are bounded loops the verifier follows, not unrolled (too large unrolled). */
+static __always_inline u32 range_check(void *task, u64 start, u64 len)
+{
+#ifdef MT_HAVE_MAPLE
+	void *mm = read_ptr(task, MT_OFF_TASK_MM);
+	if (!mm || !len)
+		return 0;
+	u64 end = (start + len + MT_PAGE_SIZE - 1) & ~(u64)(MT_PAGE_SIZE - 1);
+	u64 pos = start & ~(u64)(MT_PAGE_SIZE - 1);
+	for (int i = 0; i < MT_RANGE_VMAS; i++) {
+		int unknown = 0;
+		void *vma = vma_at(mm, pos, &unknown);
+		if (unknown)
+			return 0;
+		if (!vma)
+			return MT_HOST_RANGE_CHECKED; /* a hole at pos */
+		u64 vm_start = 0, vm_end = 0;
+		bpf_probe_read_kernel(&vm_start, sizeof(u64), vma + MT_OFF_VMA_VM_START);
+		bpf_probe_read_kernel(&vm_end, sizeof(u64), vma + MT_OFF_VMA_VM_END);
+		if (vm_start > pos || vm_end <= pos)
+			return 0; /* the tree changed under us */
+		pos = vm_end;
+		if (pos >= end)
+			return MT_HOST_RANGE_CHECKED | MT_HOST_RANGE_MAPPED;
+	}
+#endif
+	return 0;
+}
+
+#ifdef MT_HAVE_FILE_PATHS
+/* A file of the current task by descriptor: task->files->fdt->fd[fd]. */
+static __always_inline void *task_file(void *task, u32 fd)
+{
+	void *files = read_ptr(task, MT_OFF_TASK_FILES);
+	void *fdt = files ? read_ptr(files, MT_OFF_FILES_STRUCT_FDT) : 0;
+	if (!fdt)
+		return 0;
+	u32 max_fds = 0;
+	bpf_probe_read_kernel(&max_fds, sizeof(max_fds), fdt + MT_OFF_FDTABLE_MAX_FDS);
+	if (fd >= max_fds)
+		return 0;
+	void *fds = read_ptr(fdt, MT_OFF_FDTABLE_FD);
+	return fds ? read_ptr(fds, (u64)fd * sizeof(void *)) : 0;
+}
+
+/* Longest path component kept (a longer one truncates the path). */
+#define MT_PATH_PART 64
+/* Components and mount crossings followed up to the namespace's root. */
+#define MT_PATH_STEPS 24
+
+/* A file's path as d_path() would build it, from the dentry up to the root of its mount
+ * namespace, crossing mount points: its components, innermost first, each NUL-terminated,
+ * into out[MT_MSG_LEN]. Returns MT_F_TRUNCATED when they did not all fit. Bounded loop. */
+static __always_inline u32 file_path(void *file, char *out)
+{
+	void *dentry = read_ptr(file, MT_OFF_FILE_F_PATH + MT_OFF_PATH_DENTRY);
+	void *vfsmnt = read_ptr(file, MT_OFF_FILE_F_PATH + MT_OFF_PATH_MNT);
+	if (!dentry || !vfsmnt)
+		return MT_F_TRUNCATED;
+	void *mnt = vfsmnt - MT_OFF_MOUNT_MNT;
+	u32 pos = 0;
+	for (int i = 0; i < MT_PATH_STEPS; i++) {
+		void *root = read_ptr(mnt, MT_OFF_MOUNT_MNT + MT_OFF_VFSMOUNT_MNT_ROOT);
+		if (dentry == root) {
+			void *parent = read_ptr(mnt, MT_OFF_MOUNT_MNT_PARENT);
+			if (!parent || parent == mnt)
+				return 0; /* the namespace's root: done */
+			dentry = read_ptr(mnt, MT_OFF_MOUNT_MNT_MOUNTPOINT);
+			mnt = parent;
+			continue;
+		}
+		void *up = read_ptr(dentry, MT_OFF_DENTRY_D_PARENT);
+		if (!up || up == dentry)
+			return 0;
+		void *name = read_ptr(dentry, MT_OFF_DENTRY_D_NAME + MT_OFF_QSTR_NAME);
+		if (!name || pos > MT_MSG_LEN - MT_PATH_PART - 1)
+			return MT_F_TRUNCATED;
+		long n = bpf_probe_read_kernel_str(out + pos, MT_PATH_PART, name);
+		if (n <= 1 || n >= MT_PATH_PART)
+			return MT_F_TRUNCATED;
+		pos += n;
+		dentry = up;
+	}
+	return MT_F_TRUNCATED;
+}
+#endif
+
 static __always_inline void count_syscall(struct mt_syscall_key *key)
 {
 	u64 *v = syscall_counts.lookup(key);
@@ -91,8 +398,15 @@ static __always_inline void count_syscall(struct mt_syscall_key *key)
 		__sync_fetch_and_add(v, 1);
 		return;
 	}
+	/* First of its key: insert only if absent, so two CPUs creating the same key at
+	 * once cannot overwrite each other's 1; the loser adds to the winner's entry. */
 	u64 one = 1;
-	if (syscall_counts.update(key, &one) != 0)
+	if (syscall_counts.insert(key, &one) == 0)
+		return;
+	v = syscall_counts.lookup(key);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+	else
 		count_drop(MT_DROP_COUNTER_FULL);
 }
 
@@ -103,8 +417,15 @@ static __always_inline void count_kfail(struct mt_kfail_key *key)
 		__sync_fetch_and_add(v, 1);
 		return;
 	}
+	/* First of its key: insert only if absent, so two CPUs creating the same key at
+	 * once cannot overwrite each other's 1; the loser adds to the winner's entry. */
 	u64 one = 1;
-	if (kfail_counts.update(key, &one) != 0)
+	if (kfail_counts.insert(key, &one) == 0)
+		return;
+	v = kfail_counts.lookup(key);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+	else
 		count_drop(MT_DROP_COUNTER_FULL);
 }
 
@@ -117,19 +438,22 @@ static __always_inline int zero_event(struct mt_event *e)
 	return bpf_probe_read_kernel(e, sizeof(*e), z);
 }
 
-/* Fill the fields every event has. */
-static __always_inline void event_header(struct mt_event *e, void *task, u32 kind)
+/* Fill the fields every event has; returns the task's memory cgroup's css. */
+static __always_inline void *event_header(struct mt_event *e, void *task, u32 kind)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	e->ts_ns = bpf_ktime_get_ns();
 	e->cgroup_id = bpf_get_current_cgroup_id();
-	e->memcg_id = task_memcg_id(task);
+	void *css = task_memcg_css(task);
+	e->memcg_id = css_cgroup_id(css);
+	memcg_evidence(css, &e->memcg);
 	e->pid = pid_tgid >> 32;
 	e->tid = (u32)pid_tgid;
 	e->actor_tid = (u32)pid_tgid;
 	e->kind = kind;
 	e->syscall_nr = -1;
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+	return css;
 }
 
 /* The current task's memory and limits (offsets from BTF); only on failure paths. */
@@ -157,6 +481,92 @@ static __always_inline void task_evidence(void *task, struct mt_task_evidence *e
 	if (cred)
 		bpf_probe_read_kernel(&ev->cap_effective, 8, cred + MT_OFF_CRED_CAP_EFFECTIVE);
 	ev->valid = 1;
+}
+
+/* A cleared event in this CPU's scratch slot, or 0 (counted as a lost event; also while
+ * the ring buffer was just found full, so a storm costs little more than its counting). */
+static __always_inline struct mt_event_full *new_full_event(u32 slot)
+{
+	u32 zero = 0;
+	u64 *until = ring_full_until.lookup(&zero);
+	if (until && *until && bpf_ktime_get_ns() < *until) {
+		count_drop(MT_DROP_RINGBUF); /* a storm: the ring buffer was full a moment ago */
+		return 0;
+	}
+	struct mt_event_full *full = scratch_events.lookup(&slot);
+	if (!full || zero_event(&full->e) != 0) {
+		count_drop(MT_DROP_RINGBUF);
+		return 0;
+	}
+	return full;
+}
+
+/* Copy a scratch event into the ring buffer: the event, and its stack copy if any. */
+static __always_inline void submit_full_event(struct mt_event_full *full)
+{
+	u64 size = sizeof(struct mt_event) + full->e.ustack_len;
+	if (size > sizeof(struct mt_event_full))
+		size = sizeof(struct mt_event_full);
+	if (events.ringbuf_output(full, size, 0) != 0) {
+		count_drop(MT_DROP_RINGBUF);
+		u32 zero = 0;
+		u64 *until = ring_full_until.lookup(&zero);
+		if (until)
+			*until = bpf_ktime_get_ns() + MT_RING_FULL_BACKOFF_NS;
+	}
+}
+
+/* Whether this call site may have its user stack copied now: MT_USTACK_PER_SECOND per
+ * second per (process, frame-pointer stack, instruction), the rest counted as skipped. */
+static __always_inline int stack_copy_allowed(u32 tgid, s32 stack_id, u64 ip)
+{
+	struct mt_ustack_site site = {};
+	site.tgid = tgid;
+	site.stack_id = stack_id;
+	site.ip = ip;
+	u64 now = bpf_ktime_get_ns();
+	struct mt_ustack_budget *b = ustack_budget.lookup(&site);
+	if (!b) {
+		struct mt_ustack_budget fresh = {};
+		fresh.window_ns = now;
+		fresh.used = 1;
+		ustack_budget.update(&site, &fresh);
+		return 1;
+	}
+	if (now - b->window_ns >= 1000000000ULL) {
+		b->window_ns = now;
+		b->used = 1;
+		return 1;
+	}
+	if (b->used < MT_USTACK_PER_SECOND) {
+		b->used += 1;
+		return 1;
+	}
+	count_drop(MT_DROP_STACK_COPY_RATE);
+	return 0;
+}
+
+/* The user registers and a copy of the top of the user stack (regs: the task's saved user
+ * registers), for unwinding in user space through code without frame pointers; the copy
+ * shrinks until it fits below the top of the stack's mapping. */
+static __always_inline void copy_user_stack(struct mt_event_full *full, void *regs,
+					    s32 stack_id)
+{
+	struct mt_event *e = &full->e;
+	bpf_probe_read_kernel(&e->ustack_ip, sizeof(u64), regs + MT_OFF_REGS_IP);
+	bpf_probe_read_kernel(&e->ustack_sp, sizeof(u64), regs + MT_OFF_REGS_SP);
+	bpf_probe_read_kernel(&e->ustack_bp, sizeof(u64), regs + MT_OFF_REGS_BP);
+	if (!stack_copy_allowed(e->pid, stack_id, e->ustack_ip))
+		return;
+	void *sp = (void *)e->ustack_sp;
+	if (bpf_probe_read_user(full->stack, MT_USTACK_BYTES, sp) == 0)
+		e->ustack_len = MT_USTACK_BYTES;
+	else if (bpf_probe_read_user(full->stack, MT_USTACK_BYTES / 2, sp) == 0)
+		e->ustack_len = MT_USTACK_BYTES / 2;
+	else if (bpf_probe_read_user(full->stack, 256, sp) == 0)
+		e->ustack_len = 256;
+	else
+		count_drop(MT_DROP_STACK_COPY);
 }
 
 static __always_inline s32 user_stack(void *ctx)
@@ -195,6 +605,67 @@ static __always_inline int is_memory_eagain_syscall(s64 nr)
 	       nr == MT_NR_MLOCKALL || nr == MT_NR_SHMAT;
 }
 
+#ifdef MT_HAVE_FILE_PATHS
+#define MT_PROT_EXEC 0x4
+#define MT_MAP_ANONYMOUS 0x20
+
+/* A file mapped executable (the dynamic loader mapping a library's code): streamed with
+ * its path, so the library's frames can be named after the process is gone. Read on
+ * every successful mmap, but mostly one register: code mappings are rare. */
+static __always_inline void exec_mapping(void *regs, long addr)
+{
+	u64 prot = 0, flags = 0, fd = 0, offset = 0, len = 0;
+	bpf_probe_read_kernel(&prot, sizeof(prot), regs + MT_OFF_REGS_DX);
+	if (!(prot & MT_PROT_EXEC))
+		return;
+	bpf_probe_read_kernel(&flags, sizeof(flags), regs + MT_OFF_REGS_R10);
+	bpf_probe_read_kernel(&fd, sizeof(fd), regs + MT_OFF_REGS_R8);
+	if ((flags & MT_MAP_ANONYMOUS) || (s32)fd < 0)
+		return;
+	bpf_probe_read_kernel(&len, sizeof(len), regs + MT_OFF_REGS_SI);
+	bpf_probe_read_kernel(&offset, sizeof(offset), regs + MT_OFF_REGS_R9);
+	void *task = (void *)bpf_get_current_task();
+	void *file = task_file(task, (u32)fd);
+	if (!file)
+		return;
+	struct mt_event *e = events.ringbuf_reserve(sizeof(struct mt_event));
+	if (!e) {
+		count_drop(MT_DROP_RINGBUF);
+		return;
+	}
+	if (zero_event(e) != 0) {
+		events.ringbuf_discard(e, 0);
+		count_drop(MT_DROP_RINGBUF);
+		return;
+	}
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	e->ts_ns = bpf_ktime_get_ns();
+	e->pid = pid_tgid >> 32;
+	e->tid = (u32)pid_tgid;
+	e->kind = MT_KIND_MAP;
+	e->syscall_nr = -1;
+	e->user_stack_id = -1;
+	e->kernel_stack_id = -1;
+	e->args[0] = (u64)addr;
+	e->args[1] = len;
+	e->args[2] = offset;
+	e->flags = file_path(file, e->msg);
+	events.ringbuf_submit(e, 0);
+}
+#endif
+
+/* Syscalls that fail with ENOMEM when their range is not fully mapped (whose first two
+ * arguments are the start and length). */
+static __always_inline int is_range_syscall(s64 nr)
+{
+	return nr == MT_NR_MPROTECT || nr == MT_NR_PKEY_MPROTECT || nr == MT_NR_MADVISE ||
+	       nr == MT_NR_MLOCK || nr == MT_NR_MLOCK2 || nr == MT_NR_MUNLOCK ||
+	       nr == MT_NR_MSYNC || nr == MT_NR_MINCORE;
+}
+
+#define MT_MAP_HUGETLB 0x40000 /* include/uapi/asm-generic/mman-common.h */
+#define MT_SHM_HUGETLB 04000   /* include/uapi/linux/shm.h */
+
 static __always_inline void clear_pending(u32 tid)
 {
 	if (pending.delete(&tid) == 0) {
@@ -221,6 +692,12 @@ static __always_inline int syscall_failed(struct bpf_raw_tracepoint_args *ctx, l
 			return 0;
 		err = EAGAIN;
 	} else {
+#ifdef MT_HAVE_FILE_PATHS
+		if (nr == MT_NR_MMAP) {
+			exec_mapping(regs, ret);
+			return 0;
+		}
+#endif
 		/* ret is an address: brk failed if it did not move to the requested break. */
 		if (nr != MT_NR_BRK)
 			return 0;
@@ -281,16 +758,10 @@ static __always_inline int syscall_failed(struct bpf_raw_tracepoint_args *ctx, l
 		}
 	}
 
-	struct mt_event *e = events.ringbuf_reserve(sizeof(struct mt_event));
-	if (!e) {
-		count_drop(MT_DROP_RINGBUF);
+	struct mt_event_full *full = new_full_event(MT_SLOT_SYSCALL);
+	if (!full)
 		goto out;
-	}
-	if (zero_event(e) != 0) {
-		events.ringbuf_discard(e, 0);
-		count_drop(MT_DROP_RINGBUF);
-		goto out;
-	}
+	struct mt_event *e = &full->e;
 	event_header(e, task, MT_KIND_SYSCALL);
 	e->flags = flags;
 	e->syscall_nr = nr;
@@ -302,8 +773,14 @@ static __always_inline int syscall_failed(struct bpf_raw_tracepoint_args *ctx, l
 	bpf_probe_read_kernel(&e->args[4], 8, regs + MT_OFF_REGS_R8);
 	bpf_probe_read_kernel(&e->args[5], 8, regs + MT_OFF_REGS_R9);
 	e->user_stack_id = user_stack(ctx);
-	e->kernel_stack_id = kernel_stack(ctx);
+	/* No kernel stack: at sys_exit it is the exit path, which says nothing; the kernel
+	 * failures linked below carry theirs. */
+	e->kernel_stack_id = -1;
+	copy_user_stack(full, regs, e->user_stack_id);
 	task_evidence(task, &e->task);
+	if ((nr == MT_NR_MMAP && (e->args[3] & MT_MAP_HUGETLB)) ||
+	    (nr == MT_NR_SHMGET && (e->args[2] & MT_SHM_HUGETLB)))
+		hugetlb_evidence(&e->host);
 	if (p) {
 		u32 n = 0;
 #pragma unroll
@@ -315,12 +792,36 @@ static __always_inline int syscall_failed(struct bpf_raw_tracepoint_args *ctx, l
 		}
 		e->n_linked = n;
 	}
-	events.ringbuf_submit(e, 0);
+#ifdef MT_HAVE_MAPLE
+	/* The range check walks the VMA tree in loops: a program of its own, so the verifier
+	 * follows those loops once, not once per path through this one. It submits the event
+	 * and clears the thread's pending failures; if the call fails, this goes on. */
+	if (err == ENOMEM && is_range_syscall(nr))
+		tails.call(ctx, MT_TAIL_RANGE_CHECK);
+#endif
+	submit_full_event(full);
 out:
 	if (p)
 		clear_pending(tid);
 	return 1;
 }
+
+#ifdef MT_HAVE_MAPLE
+/* The end of syscall_failed() for the range syscalls (tail-called): whether the whole
+ * range given was mapped, then the event out. */
+int mt_range_tail(struct bpf_raw_tracepoint_args *ctx)
+{
+	u32 slot = MT_SLOT_SYSCALL;
+	struct mt_event_full *full = scratch_events.lookup(&slot);
+	if (!full)
+		return 0;
+	void *task = (void *)bpf_get_current_task();
+	full->e.host.flags |= range_check(task, full->e.args[0], full->e.args[1]);
+	submit_full_event(full);
+	clear_pending((u32)bpf_get_current_pid_tgid());
+	return 0;
+}
+#endif
 
 int mt_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -445,22 +946,25 @@ static __always_inline void kernel_failure(void *ctx, u32 kind, u64 size, u32 or
 	if ((flags & MT_F_OPPORTUNISTIC) || evidence_only)
 		return; /* counted; streamed only if its syscall then fails */
 
-	struct mt_event *e = events.ringbuf_reserve(sizeof(struct mt_event));
-	if (!e) {
-		count_drop(MT_DROP_RINGBUF);
+	struct mt_event_full *full = new_full_event(kind == MT_KIND_PAGE_ALLOC ? MT_SLOT_PAGE
+									     : MT_SLOT_OTHER);
+	if (!full)
 		return;
-	}
-	if (zero_event(e) != 0) {
-		events.ringbuf_discard(e, 0);
-		count_drop(MT_DROP_RINGBUF);
-		return;
-	}
-	event_header(e, task, kind);
+	struct mt_event *e = &full->e;
+	void *css = event_header(e, task, kind);
+	if (kind == MT_KIND_PAGE_ALLOC)
+		zone_evidence(css, &e->host);
 	e->flags = flags;
 	e->kernel_stack_id = kf->kernel_stack_id;
 	e->user_stack_id = (flags & MT_F_KTHREAD) ? -1 : user_stack(ctx);
+#ifdef MT_HAVE_TASK_PT_REGS
+	if (!(flags & MT_F_KTHREAD))
+		copy_user_stack(full, (void *)bpf_task_pt_regs(
+					      (struct task_struct *)bpf_get_current_task_btf()),
+				e->user_stack_id);
+#endif
 	__builtin_memcpy(&e->kf, kf, sizeof(*kf));
-	events.ringbuf_submit(e, 0);
+	submit_full_event(full);
 }
 
 /* mm_page_alloc(struct page *page, unsigned int order, gfp_t gfp, int migratetype) */
@@ -474,12 +978,89 @@ int mt_page_alloc(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
+#ifdef MT_KMALLOC_LO0
+/* One failed kmalloc is one failure. A kmalloc above the largest slab fails inside
+ * __kmalloc_large_node_noprof(), which traces it (its call site: inside the allocator
+ * function that inlined __do_kmalloc_node()), and that function then traces the same
+ * failure for its caller. The inner trace is kept and counted; the thread's next kmalloc
+ * failure is its twin when it follows at once with the same size and GFP flags. Anything
+ * else in between ends the pairing, so a real second failure is never lost. */
+#define MT_KMALLOC_TWIN_NS 1000000ULL
+struct mt_kmalloc_inner {
+	u64 ts_ns;
+	u64 size;
+	u32 gfp;
+	u32 pad;
+};
+BPF_TABLE("lru_hash", u32, struct mt_kmalloc_inner, kmalloc_inner, 1024);
+
+/* Kernel addresses come in as decimal -D values above LLONG_MAX: unsigned literals. */
+#define MT_U64_(x) x##ULL
+#define MT_U64(x) MT_U64_(x)
+
+/* Whether a kmalloc call site lies in an allocator function that traces again. The ranges
+ * are [MT_KMALLOC_LOn, MT_KMALLOC_HIn) from kallsyms (tracer/kernel/build.py). */
+static __always_inline int in_kmalloc_inliner(u64 ip)
+{
+	if (ip - MT_U64(MT_KMALLOC_LO0) < MT_U64(MT_KMALLOC_HI0) - MT_U64(MT_KMALLOC_LO0))
+		return 1;
+#ifdef MT_KMALLOC_LO1
+	if (ip - MT_U64(MT_KMALLOC_LO1) < MT_U64(MT_KMALLOC_HI1) - MT_U64(MT_KMALLOC_LO1))
+		return 1;
+#endif
+#ifdef MT_KMALLOC_LO2
+	if (ip - MT_U64(MT_KMALLOC_LO2) < MT_U64(MT_KMALLOC_HI2) - MT_U64(MT_KMALLOC_LO2))
+		return 1;
+#endif
+#ifdef MT_KMALLOC_LO3
+	if (ip - MT_U64(MT_KMALLOC_LO3) < MT_U64(MT_KMALLOC_HI3) - MT_U64(MT_KMALLOC_LO3))
+		return 1;
+#endif
+#ifdef MT_KMALLOC_LO4
+	if (ip - MT_U64(MT_KMALLOC_LO4) < MT_U64(MT_KMALLOC_HI4) - MT_U64(MT_KMALLOC_LO4))
+		return 1;
+#endif
+#ifdef MT_KMALLOC_LO5
+	if (ip - MT_U64(MT_KMALLOC_LO5) < MT_U64(MT_KMALLOC_HI5) - MT_U64(MT_KMALLOC_LO5))
+		return 1;
+#endif
+	return 0;
+}
+
+/* 1 when this failure is the allocator's second trace of the one just recorded. */
+static __always_inline int kmalloc_twin(u64 call_site, u64 size, u32 gfp)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	u64 now = bpf_ktime_get_ns();
+	struct mt_kmalloc_inner *inner = kmalloc_inner.lookup(&tid);
+	if (inner) {
+		int twin = inner->size == size && inner->gfp == gfp &&
+			   now - inner->ts_ns < MT_KMALLOC_TWIN_NS;
+		kmalloc_inner.delete(&tid);
+		if (twin)
+			return 1;
+	}
+	if (in_kmalloc_inliner(call_site)) {
+		struct mt_kmalloc_inner seen = {};
+		seen.ts_ns = now;
+		seen.size = size;
+		seen.gfp = gfp;
+		kmalloc_inner.update(&tid, &seen);
+	}
+	return 0;
+}
+#endif
+
 /* kmalloc(unsigned long call_site, const void *ptr, size_t bytes_req,
  *         size_t bytes_alloc, gfp_t gfp, int node) */
 int mt_kmalloc(struct bpf_raw_tracepoint_args *ctx)
 {
 	if (ctx->args[1])
 		return 0;
+#ifdef MT_KMALLOC_LO0
+	if (kmalloc_twin(ctx->args[0], ctx->args[2], (u32)ctx->args[4]))
+		return 0;
+#endif
 	kernel_failure(ctx, MT_KIND_SLAB, ctx->args[2], 0, (u32)ctx->args[4], -1, 0);
 	return 0;
 }
@@ -566,7 +1147,8 @@ int mt_mark_victim(struct bpf_raw_tracepoint_args *ctx)
 		count_drop(MT_DROP_RINGBUF);
 		return 0;
 	}
-	event_header(e, victim, MT_KIND_OOM_KILL);
+	void *css = event_header(e, victim, MT_KIND_OOM_KILL);
+	zone_evidence(css, &e->host); /* before the victim frees anything */
 	/* event_header filled the killer's identity; the event is about the victim. */
 	u32 pid = 0, tgid = 0;
 	bpf_probe_read_kernel(&pid, sizeof(pid), victim + MT_OFF_TASK_PID);
@@ -640,6 +1222,141 @@ int mt_console(struct bpf_raw_tracepoint_args *ctx)
 #endif /* MT_PROBE_KMSG */
 
 /* ======================================================================== */
+#if defined(MT_PROBE_CGROUPS) && defined(MT_HAVE_MEMCG)
+/* Cgroup names from birth. A failure names its memory cgroup by kernfs id; a cgroup
+ * made and removed within milliseconds (a short-lived job's) is gone before user space
+ * could look its id up in /sys/fs/cgroup, so the kernel's own announcement of each new
+ * cgroup (id, hierarchy, path) is streamed, ahead in the ring buffer of any failure in
+ * it. Cgroups are made rarely: no fast path needed. */
+
+static __always_inline int cgroup_named(struct bpf_raw_tracepoint_args *ctx)
+{
+	void *cgrp = (void *)ctx->args[0];
+	void *kn = read_ptr(cgrp, MT_OFF_CGROUP_KN);
+	void *root = read_ptr(cgrp, MT_OFF_CGROUP_ROOT);
+	if (!kn || !root)
+		return 0;
+	struct mt_event *e = events.ringbuf_reserve(sizeof(struct mt_event));
+	if (!e) {
+		count_drop(MT_DROP_RINGBUF);
+		return 0;
+	}
+	if (zero_event(e) != 0) {
+		events.ringbuf_discard(e, 0);
+		count_drop(MT_DROP_RINGBUF);
+		return 0;
+	}
+	e->ts_ns = bpf_ktime_get_ns();
+	e->kind = MT_KIND_CGROUP;
+	e->syscall_nr = -1;
+	e->user_stack_id = -1;
+	e->kernel_stack_id = -1;
+	bpf_probe_read_kernel(&e->memcg_id, sizeof(u64), kn + MT_OFF_KERNFS_NODE_ID);
+	s32 hierarchy = 0;
+	bpf_probe_read_kernel(&hierarchy, sizeof(hierarchy), root + MT_OFF_CGROUP_ROOT_HIERARCHY_ID);
+	e->args[0] = (u64)hierarchy;
+	long n = bpf_probe_read_kernel_str(e->msg, sizeof(e->msg), (void *)ctx->args[1]);
+	if (n >= (long)sizeof(e->msg) || n < 0)
+		e->flags |= MT_F_TRUNCATED;
+	events.ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* cgroup_mkdir(struct cgroup *cgrp, const char *path) */
+int mt_cgroup_mkdir(struct bpf_raw_tracepoint_args *ctx)
+{
+	return cgroup_named(ctx);
+}
+
+/* cgroup_rename(struct cgroup *cgrp, const char *path): v1 allows renaming a cgroup */
+int mt_cgroup_rename(struct bpf_raw_tracepoint_args *ctx)
+{
+	return cgroup_named(ctx);
+}
+#endif /* MT_PROBE_CGROUPS && MT_HAVE_MEMCG */
+
+/* ======================================================================== */
+#if defined(MT_PROBE_PROCESSES) && defined(MT_HAVE_FILE_PATHS)
+/* Where each process's code is, from the moment it exec's: the executable and its
+ * interpreter at exec, libraries as they are mapped (exec_mapping, in the syscall
+ * section), and a fork's child starting with its parent's. With this a failure's stack
+ * is named although the process exits a millisecond after failing (its /proc/PID/maps
+ * is gone by then). Process starts are rare next to syscalls: no fast path needed. */
+
+#define MT_AT_BASE 7 /* include/uapi/linux/auxvec.h: the interpreter's load address */
+
+static __always_inline struct mt_event *process_event(u32 kind)
+{
+	struct mt_event *e = events.ringbuf_reserve(sizeof(struct mt_event));
+	if (!e) {
+		count_drop(MT_DROP_RINGBUF);
+		return 0;
+	}
+	if (zero_event(e) != 0) {
+		events.ringbuf_discard(e, 0);
+		count_drop(MT_DROP_RINGBUF);
+		return 0;
+	}
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	e->ts_ns = bpf_ktime_get_ns();
+	e->pid = pid_tgid >> 32;
+	e->tid = (u32)pid_tgid;
+	e->kind = kind;
+	e->syscall_nr = -1;
+	e->user_stack_id = -1;
+	e->kernel_stack_id = -1;
+	return e;
+}
+
+/* sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm) */
+int mt_exec(struct bpf_raw_tracepoint_args *ctx)
+{
+	void *task = (void *)ctx->args[0];
+	void *mm = read_ptr(task, MT_OFF_TASK_MM);
+	if (!mm)
+		return 0;
+	void *exe = read_ptr(mm, MT_OFF_MM_EXE_FILE);
+	if (!exe)
+		return 0;
+	struct mt_event *e = process_event(MT_KIND_EXEC);
+	if (!e)
+		return 0;
+	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+	bpf_probe_read_kernel(&e->args[0], sizeof(u64), mm + MT_OFF_MM_START_CODE);
+	/* AT_BASE from the auxiliary vector the kernel gave the process (pairs of longs) */
+	for (int i = 0; i < MT_AUXV_WORDS / 2; i++) {
+		u64 pair[2] = {};
+		bpf_probe_read_kernel(pair, sizeof(pair), mm + MT_OFF_MM_SAVED_AUXV + i * 16);
+		if (pair[0] == 0)
+			break;
+		if (pair[0] == MT_AT_BASE) {
+			e->args[1] = pair[1];
+			break;
+		}
+	}
+	e->flags = file_path(exe, e->msg);
+	events.ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* sched_process_fork(struct task_struct *parent, struct task_struct *child) */
+int mt_fork(struct bpf_raw_tracepoint_args *ctx)
+{
+	u32 parent = 0, child = 0;
+	bpf_probe_read_kernel(&parent, sizeof(parent), (void *)ctx->args[0] + MT_OFF_TASK_TGID);
+	bpf_probe_read_kernel(&child, sizeof(child), (void *)ctx->args[1] + MT_OFF_TASK_TGID);
+	if (parent == child)
+		return 0; /* a new thread shares its process's mappings */
+	struct mt_event *e = process_event(MT_KIND_FORK);
+	if (!e)
+		return 0;
+	e->args[0] = child;
+	events.ringbuf_submit(e, 0);
+	return 0;
+}
+#endif /* MT_PROBE_PROCESSES && MT_HAVE_FILE_PATHS */
+
+/* ======================================================================== */
 #if defined(MT_PROBE_DECISIONS) && defined(MT_PROBE_KMEM)
 /* The kernel's own decision points, on hosts with kprobes (they record through
  * MT_PROBE_KMEM's kernel_failure(), hence both switches). A kretprobe
@@ -690,3 +1407,53 @@ int mt_ret_mlock_future_ok(struct pt_regs *ctx)
 	return 0;
 }
 #endif /* MT_PROBE_DECISIONS && MT_PROBE_KMEM */
+
+/* ======================================================================== */
+#if defined(MT_HAVE_HUGETLB) && defined(MT_SELF_TGID)
+/* Kernel pointers that no symbol names here (the symbol table has no data symbols), found
+ * once at start through a file memtrace itself holds. Attached to sys_enter only while
+ * memtrace makes one marker call, then detached: no cost afterwards.
+ *
+ * The default huge page size's struct hstate: memtrace opens a memfd with MFD_HUGETLB
+ * (a file on the kernel's hugetlbfs mount of the default size) and calls
+ * fcntl(fd, F_GETFD, MT_DISCOVER_MAGIC); the file's superblock (checked by its magic)
+ * holds the hstate in its hugetlbfs_sb_info. */
+
+#define MT_F_GETFD 1
+#define MT_HUGETLBFS_MAGIC 0x958458f6 /* include/uapi/linux/magic.h */
+
+/* sys_enter(struct pt_regs *regs, long id) */
+int mt_discover(struct bpf_raw_tracepoint_args *ctx)
+{
+	if ((bpf_get_current_pid_tgid() >> 32) != MT_SELF_TGID || ctx->args[1] != MT_NR_FCNTL)
+		return 0;
+	void *regs = (void *)ctx->args[0];
+	u64 fd = 0, cmd = 0, magic = 0;
+	bpf_probe_read_kernel(&fd, sizeof(fd), regs + MT_OFF_REGS_DI);
+	bpf_probe_read_kernel(&cmd, sizeof(cmd), regs + MT_OFF_REGS_SI);
+	bpf_probe_read_kernel(&magic, sizeof(magic), regs + MT_OFF_REGS_DX);
+	if (cmd != MT_F_GETFD || magic != MT_DISCOVER_MAGIC || fd > 1 << 20)
+		return 0;
+	void *task = (void *)bpf_get_current_task();
+	void *files = read_ptr(task, MT_OFF_TASK_FILES);
+	void *fdt = files ? read_ptr(files, MT_OFF_FILES_STRUCT_FDT) : 0;
+	void *fds = fdt ? read_ptr(fdt, MT_OFF_FDTABLE_FD) : 0;
+	void *file = fds ? read_ptr(fds, fd * sizeof(void *)) : 0;
+	void *inode = file ? read_ptr(file, MT_OFF_FILE_F_INODE) : 0;
+	void *sb = inode ? read_ptr(inode, MT_OFF_INODE_I_SB) : 0;
+	if (!sb)
+		return 0;
+	u64 sb_magic = 0;
+	bpf_probe_read_kernel(&sb_magic, sizeof(sb_magic), sb + MT_OFF_SUPER_BLOCK_S_MAGIC);
+	if (sb_magic != MT_HUGETLBFS_MAGIC)
+		return 0;
+	void *info = read_ptr(sb, MT_OFF_SUPER_BLOCK_S_FS_INFO);
+	void *hstate = info ? read_ptr(info, MT_OFF_HUGETLBFS_SB_INFO_HSTATE) : 0;
+	if (!hstate)
+		return 0;
+	u32 slot = MT_GLOBAL_HSTATE;
+	u64 value = (u64)hstate;
+	globals.update(&slot, &value);
+	return 0;
+}
+#endif /* MT_HAVE_HUGETLB && MT_SELF_TGID */

@@ -25,11 +25,12 @@
 
 /* ---- sizing bounds ---- */
 
-/* Ring buffer for per-event detail, in pages. 64 pages = 256 KiB carries about
- * 260 records of struct mt_event (just under 1 KiB each); failures are rare, a burst that
- * overflows it loses detail, never totals (those live in the counter maps). */
+/* Ring buffer for per-event detail, in pages. 128 pages = 512 KiB carries about 350
+ * records of struct mt_event (about 1.4 KiB each), fewer where a copy of the user stack
+ * follows one (a few per call site per second); failures are rare, a burst that overflows
+ * it loses detail, never totals (those live in the counter maps). */
 #ifndef MT_RINGBUF_PAGES
-#define MT_RINGBUF_PAGES 64
+#define MT_RINGBUF_PAGES 128
 #endif
 
 /* Exact failure counters, one entry per (process, cgroup, syscall, errno) and per
@@ -47,6 +48,24 @@
 /* Stack traces: user and kernel, deduplicated by bcc's stack map. */
 #ifndef MT_STACK_ENTRIES
 #define MT_STACK_ENTRIES 4096
+#endif
+
+/* Bytes of user stack copied at a failure, for unwinding with the binaries' CFI in user
+ * space (code without frame pointers); the leak profiler's 8 KiB. */
+#ifndef MT_USTACK_BYTES
+#define MT_USTACK_BYTES 8192
+#endif
+
+/* Stack copies per call site (process and frame-pointer stack) per second: a storm of
+ * failures from one place costs a few copies a second, the rest are counted as skipped
+ * (MT_DROP_STACK_COPY_RATE) and keep their frame-pointer stack. */
+#ifndef MT_USTACK_PER_SECOND
+#define MT_USTACK_PER_SECOND 4
+#endif
+
+/* Call sites whose copy budget is tracked (LRU: the least recent is forgotten). */
+#ifndef MT_USTACK_SITES
+#define MT_USTACK_SITES 4096
 #endif
 
 /* Kernel failures remembered per thread and attached to its failing syscall. A
@@ -81,6 +100,10 @@
 #define MT_KIND_KMSG 8     /* a kernel console line that is evidence (OOM constraint, overcommit) */
 #define MT_KIND_UNMAPPED_AREA 9 /* the search for a free virtual range failed: evidence only */
 #define MT_KIND_DECISION 10 /* a kernel decision point said no (kretprobe): evidence only */
+#define MT_KIND_CGROUP 11   /* a cgroup was made or renamed: its kernfs id and path (not a failure) */
+#define MT_KIND_EXEC 12     /* a process exec'd: its executable, where it and its interpreter are */
+#define MT_KIND_MAP 13      /* a file was mapped executable (a library): where, and its path */
+#define MT_KIND_FORK 14     /* a process forked: the child starts with the parent's mappings */
 
 /* Kernel decision points (kf.order of a MT_KIND_DECISION record). */
 #define MT_DECISION_OVERCOMMIT 1 /* __vm_enough_memory refused */
@@ -94,6 +117,7 @@
 #define MT_F_IN_SYSCALL 0x4     /* kernel failure happened inside a syscall (nr, ip, sp known) */
 #define MT_F_KTHREAD 0x8        /* kernel failure in a kernel thread */
 #define MT_F_SLAB_CACHE 0x10    /* slab failure from kmem_cache_alloc (name is the cache) */
+#define MT_F_TRUNCATED 0x20     /* msg[] was too short for the whole text (a cgroup path) */
 
 /* ---- drop reasons (index into the failure tracer's drops per-CPU array) ---- */
 #define MT_DROP_RINGBUF 0        /* ring buffer full: an event's detail was lost */
@@ -101,7 +125,9 @@
 #define MT_DROP_PENDING_FULL 2   /* a thread had more than MT_MAX_LINKED kernel failures in one syscall */
 #define MT_DROP_USER_STACK 3     /* user stack could not be captured */
 #define MT_DROP_KERNEL_STACK 4   /* kernel stack could not be captured */
-#define MT_DROP_MAX 5
+#define MT_DROP_STACK_COPY_RATE 5 /* a user stack copy was skipped: its call site's budget was spent */
+#define MT_DROP_STACK_COPY 6     /* not even 256 bytes of user stack could be copied */
+#define MT_DROP_MAX 7
 
 /* One kernel-side allocation failure (page, slab, vmalloc, percpu). Streamed on its
  * own when it is not opportunistic, and kept per thread so the syscall it happens
@@ -138,18 +164,79 @@ struct mt_task_evidence {
 	__u32 valid;            /* 1 when the task had an mm and the reads succeeded */
 };
 
+/* Levels of memory cgroups walked up from the task's own to find the limit nearest to
+ * being hit (a parent's limit stops a child's charge as well). */
+#define MT_MEMCG_LEVELS 8
+
+/* The task's memory cgroup at the moment of the event, read in the kernel (the cgroup
+ * may be gone by the time user space looks). Pages, from the `memory` page_counter (v1's
+ * limit_in_bytes and v2's memory.max both live there). */
+struct mt_memcg_evidence {
+	__u64 usage;         /* pages charged to the task's own memory cgroup */
+	__u64 max;           /* its limit in pages (PAGE_COUNTER_MAX: none) */
+	__u64 limit_usage;   /* the cgroup, itself or an ancestor, with the least headroom: */
+	__u64 limit_max;     /*   its usage and limit in pages, */
+	__u64 limit_id;      /*   and its kernfs id */
+	__u32 limit_level;   /* how many levels above the task's cgroup that one is (0: itself) */
+	__u32 valid;         /* 1 when the reads succeeded */
+};
+
+/* Memory nodes and zones walked for the host's free memory and watermarks (the build
+ * passes the running kernel's numbers; these bound them). */
+#define MT_MAX_NODES 4
+#define MT_MAX_ZONES 8
+/* VMAs a range check follows, and levels of the VMA tree (maple tree) it descends: a
+ * range over more mappings, or a tree deeper than this, is left unchecked. */
+#define MT_RANGE_VMAS 8
+#define MT_TREE_LEVELS 6
+
+/* ---- what a struct mt_host_evidence holds (its flags) ---- */
+#define MT_HOST_ZONES 0x1        /* free pages and watermarks (OOM kills, page failures) */
+#define MT_HOST_HUGETLB 0x2      /* the default huge page pool */
+#define MT_HOST_RANGE_CHECKED 0x4 /* the range syscall's [addr, addr+len) was checked... */
+#define MT_HOST_RANGE_MAPPED 0x8 /*   ...and every page of it was mapped */
+
+/* The third argument of memtrace's own fcntl(fd, F_GETFD, ...) that mt_discover answers
+ * ("memtrace" in ASCII): no other program makes that call. */
+#define MT_DISCOVER_MAGIC 0x6d656d7472616365
+
+/* Slots of the `globals` array: kernel pointers found once at start. */
+#define MT_GLOBAL_HSTATE 0       /* the default huge page size's struct hstate */
+#define MT_GLOBAL_MAX 1
+
+/* Memory state that changes from one millisecond to the next, read in the kernel at the
+ * failure. Pages; each group only when its flag is set. */
+struct mt_host_evidence {
+	__u64 free;            /* NR_FREE_PAGES of every zone */
+	__u64 wmark_min;       /* the zones' watermarks, summed (boost included in low/high) */
+	__u64 wmark_low;
+	__u64 wmark_high;
+	__u64 reserve;         /* totalreserve_pages: per zone, its largest lowmem_reserve + high */
+	__u64 file;            /* active + inactive file pages of every node */
+	__u64 reclaimable;     /* reclaimable slab and other kernel memory of every node */
+	__u64 managed;         /* pages the page allocator manages */
+	__u64 huge_total;      /* the default huge page pool: pages, */
+	__u64 huge_free;       /*   free ones, */
+	__u64 huge_reserved;   /*   reserved for mappings not yet faulted in, */
+	__u64 huge_surplus;    /*   and surplus (overcommitted) ones */
+	__u32 huge_order;      /* its page order (9: 2 MiB) */
+	__u32 flags;           /* MT_HOST_* */
+};
+
 /* Everything user space learns about one failure: the `events` ring buffer's record. */
 struct mt_event {
 	__u64 ts_ns;            /* bpf_ktime_get_ns() */
 	__u64 cgroup_id;        /* cgroup v2 id of the task (bpf_get_current_cgroup_id) */
-	__u64 memcg_id;         /* kernfs id of the task's memory cgroup (v1 or v2), 0 if unknown */
+	__u64 memcg_id;         /* kernfs id of the task's memory cgroup (v1 or v2), 0 if unknown;
+	                         * MT_KIND_CGROUP: the new cgroup's kernfs id */
 	__u32 pid;              /* tgid */
 	__u32 tid;
 	__u32 kind;
 	__u32 flags;
 	__s64 syscall_nr;       /* -1 when not a syscall event */
 	__s64 ret;              /* the syscall's return value */
-	__u64 args[6];          /* the syscall's arguments, from its saved user registers */
+	__u64 args[6];          /* the syscall's arguments, from its saved user registers;
+	                         * MT_KIND_CGROUP: args[0] the hierarchy id (0 = cgroup v2) */
 	__s32 user_stack_id;
 	__s32 kernel_stack_id;
 	__u32 n_linked;         /* kernel failures inside this syscall, in linked[] */
@@ -160,9 +247,32 @@ struct mt_event {
 	__u64 oom_rss;          /* pages: anon + file + shmem */
 	char comm[MT_COMM_LEN];
 	struct mt_task_evidence task; /* syscall failures */
+	struct mt_memcg_evidence memcg; /* the memory cgroup of the task (OOM: the victim) */
+	struct mt_host_evidence host; /* what changes fast: OOM kills, page and range failures */
+	__u64 ustack_ip;        /* user registers at the failure, for unwinding the copy of the */
+	__u64 ustack_sp;        /*   user stack that follows the event in its ring buffer record */
+	__u64 ustack_bp;        /*   (struct mt_event_full); MT_KIND_EXEC/MAP/FORK: see below */
+	__u32 ustack_len;       /* bytes of it (0: none; the frame-pointer stack is still there) */
+	__u32 ustack_pad;
 	struct mt_kfail kf;     /* the kernel failure itself (kernel-side kinds) */
 	struct mt_kfail linked[MT_MAX_LINKED];
-	char msg[MT_MSG_LEN];   /* kernel console line (MT_KIND_KMSG) */
+	char msg[MT_MSG_LEN];   /* kernel console line (MT_KIND_KMSG); cgroup path relative to
+	                         * its hierarchy's root (MT_KIND_CGROUP) */
+};
+
+/* MT_KIND_EXEC: args[0] the executable's start_code, args[1] the interpreter's load
+ * address (AT_BASE, 0 for a static executable); msg the executable's path.
+ * MT_KIND_MAP: args[0] start, args[1] length, args[2] file offset; msg the file's path.
+ * MT_KIND_FORK: args[0] the child's pid.
+ * Paths in msg are their components, innermost first, each NUL-terminated (an empty one
+ * ends them); relative to the root of the process's mount namespace; MT_F_TRUNCATED when
+ * they did not fit. */
+
+/* A ring buffer record with a copy of the user stack: the event, then ustack_len bytes
+ * (records without one end after the event). */
+struct mt_event_full {
+	struct mt_event e;
+	__u8 stack[MT_USTACK_BYTES];
 };
 
 /* Exact syscall failure counts: the key of `syscall_counts` (value: __u64 count). */
@@ -213,6 +323,28 @@ struct mt_pending {
 #define LK_PID3 0
 #endif
 
+/* 1: every process on the host (memtrace leaks --all), new ones included, except
+ * memtrace itself (LK_SELF_TGID); the -p slots are then unused. */
+#ifndef LK_ALL
+#define LK_ALL 0
+#endif
+#ifndef LK_SELF_TGID
+#define LK_SELF_TGID 0
+#endif
+
+/* --all --cgroup: only tasks in this cgroup or below it (0: no filter). With
+ * LK_CGROUP_V2_LEVEL 0 the id is a memory cgroup's kernfs id (v1 or v2), compared with
+ * the task's memory cgroup and up to LK_CGROUP_LEVELS of its ancestors; above 0, it is a
+ * cgroup v2 id at that depth of the v2 hierarchy (a v2 cgroup without the memory
+ * controller), compared with bpf_get_current_ancestor_cgroup_id(). */
+#ifndef LK_CGROUP_ID
+#define LK_CGROUP_ID 0
+#endif
+#ifndef LK_CGROUP_V2_LEVEL
+#define LK_CGROUP_V2_LEVEL 0
+#endif
+#define LK_CGROUP_LEVELS 8
+
 /* Malloc mode tracks only allocations with LK_MIN_SIZE <= size <= LK_MAX_SIZE. */
 #ifndef LK_MIN_SIZE
 #define LK_MIN_SIZE 0
@@ -221,10 +353,20 @@ struct mt_pending {
 #define LK_MAX_SIZE 0xffffffffffffffffULL
 #endif
 
-/* Growth mode samples one user write fault in LK_FAULT_PERIOD. */
-#ifndef LK_FAULT_PERIOD
-#define LK_FAULT_PERIOD 64
+/* Growth mode samples by bytes (a Poisson process over the bytes mapped and first
+ * touched, as jemalloc and tcmalloc sample allocations): each CPU counts down an
+ * exponentially distributed number of bytes with this mean, and the event whose bytes
+ * reach zero is sampled, standing for LK_SAMPLE_BYTES plus its bytes past the sample
+ * point (an unbiased estimate; tracer/model/leaks.py's PoissonSampler is the reference).
+ * 1 samples (nearly) every event. At most 1 GiB: the draw's fixed-point product fits. */
+#ifndef LK_SAMPLE_BYTES
+#define LK_SAMPLE_BYTES 524288
 #endif
+#define LK_MAX_SAMPLE_BYTES 1073741824
+/* Fractional bits of the fixed-point -log2 in the exponential draw, and ln 2 in that
+ * fixed point (0.693147 * 65536). */
+#define LK_LOG_FRACTION_BITS 16
+#define LK_LN2_Q16 45426
 
 /* Malloc mode tracks one allocation in LK_SAMPLE (1 = every one: exact). */
 #ifndef LK_SAMPLE
@@ -239,8 +381,9 @@ struct mt_pending {
 #define LK_STACK_BYTES 8192
 #endif
 
-/* Ring buffer for leak events (each carries its stack copy: struct lk_event is
- * 8 KiB and more): 1024 pages = 4 MiB = ~500 events. */
+/* Ring buffer for leak events (a sampled event carries its stack copy: struct lk_event
+ * is 8 KiB and more; releases, exec and exit carry only the part before the stack):
+ * 1024 pages = 4 MiB = ~500 sampled events. */
 #ifndef LK_RINGBUF_PAGES
 #define LK_RINGBUF_PAGES 1024
 #endif
@@ -255,8 +398,11 @@ struct mt_pending {
 #define LK_MAX_STACKS 16384
 #endif
 
-/* Traced processes: the -p ones and every process they fork (one entry each in
- * the children and brk_last maps); a tree larger than this is followed in part. */
+/* Traced processes: the -p ones and every process they fork (one entry each in the
+ * children map; a tree larger than this is followed in part). Also the size of the LRU
+ * maps of growth mode (each process's break, the span of its sampled addresses): with
+ * --all, a host with more processes growing at once loses the least recent ones' (a
+ * break is learnt again at the next brk, a release outside the known span is missed). */
 #ifndef LK_MAX_PROCESSES
 #define LK_MAX_PROCESSES 4096
 #endif
@@ -267,17 +413,18 @@ struct mt_pending {
 #endif
 
 /* ---- event kinds (lk_event.kind) ---- */
-#define LK_EV_MMAP 1        /* anonymous mapping created: grows the process */
+#define LK_EV_MMAP 1        /* sampled anonymous mapping: grows the mapped (virtual) size */
 #define LK_EV_MUNMAP 2      /* range unmapped: shrinks */
 #define LK_EV_MREMAP 3      /* mapping moved or resized */
-#define LK_EV_BRK 4         /* heap grew (len > 0) */
+#define LK_EV_BRK 4         /* sampled heap growth (brk) */
 #define LK_EV_BRK_SHRINK 5  /* heap shrank */
-#define LK_EV_FAULT 6       /* sampled first touch of memory (weight = period x page) */
+#define LK_EV_FAULT 6       /* sampled first touch of memory (a write fault): resident growth */
 #define LK_EV_STACK 7       /* malloc mode: first allocation from a new stack key */
 #define LK_EV_ALLOC_FAIL 8  /* an allocator returned NULL */
 #define LK_EV_FORK 9        /* a traced process forked: child_pid is traced too */
 #define LK_EV_EXEC 10       /* a traced process exec'd */
 #define LK_EV_EXIT 11       /* a traced process exited */
+#define LK_EV_MADVISE 12    /* MADV_DONTNEED/FREE/REMOVE: pages released, mapping kept */
 
 /* ---- drop reasons (index into the leak profiler's drops per-CPU array) ---- */
 #define LK_DROP_RINGBUF 0      /* ring buffer full: an event (and its stack) was lost */
@@ -335,9 +482,11 @@ struct lk_entry {
 	__u32 pad;
 };
 
-/* One leak-profiler event: the `events` ring buffer's record. */
+/* One leak-profiler event: the `events` ring buffer's record. Events without a stack
+ * (releases, exec, exit, fork) are reserved without stack[]: the record ends there. */
 struct lk_event {
 	__u64 ts_ns;
+	__u64 cgroup_id;   /* kernfs id of the task's memory cgroup (growth mode), 0 if unknown */
 	__u32 pid;
 	__u32 tid;
 	__u32 kind;        /* LK_EV_* */
@@ -346,7 +495,7 @@ struct lk_event {
 	__u64 len;
 	__u64 old_addr;
 	__u64 old_len;
-	__u64 weight;      /* bytes this event stands for */
+	__u64 weight;      /* bytes this event stands for (sampled: the estimate) */
 	__u64 ip;          /* user registers at the event */
 	__u64 sp;
 	__u64 bp;

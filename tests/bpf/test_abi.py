@@ -150,7 +150,7 @@ def differences(mirror: StructLayout, compiled: StructLayout) -> list[str]:
 def _builds() -> list[Build]:
     layout = read_layout(load_vmlinux())
     tracer = tuple(cflags(layout, BuildOptions(families=ALL_FAMILIES)))
-    leak = {mode: tuple(leak_cflags(layout, [os.getpid()], mode, fault_period=64, sample=1,
+    leak = {mode: tuple(leak_cflags(layout, [os.getpid()], mode, sample=1,
                                     min_size=0, max_size=None))
             for mode in ("malloc", "growth")}
     return [

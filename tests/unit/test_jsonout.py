@@ -14,7 +14,8 @@ from tracer.recording.reader import read_recording
 pytestmark = pytest.mark.unit
 
 FAILURE_KEYS = {"type", "time", "kind", "pid", "tid", "comm", "cgroup", "cgroup_id", "syscall",
-                "errno", "size", "order", "gfp", "cause", "user_stack", "kernel_stack"}
+                "errno", "size", "order", "gfp", "cause", "user_stack", "kernel_stack", "memcg",
+                "host", "user_sources"}
 
 
 def test_ready():
@@ -71,3 +72,70 @@ def test_round_trip_through_a_recording():
 def test_bad_recordings_name_the_line(line, message):
     with pytest.raises(ReplayError, match=message):
         read_recording([line])
+
+
+def test_memcg_at_the_failure_round_trips():
+    import dataclasses
+
+    from tracer.model.failures import MemcgState
+
+    m = MemcgState(usage=500 << 10, limit=None, nearest_cgroup="/jobs", nearest_usage=510 << 10,
+                   nearest_limit=512 << 10, nearest_levels_up=1)
+    f = dataclasses.replace(FCNTL_FAIL, memcg=m)
+    obj = json.loads(jsonout.dumps(jsonout.failure_obj(f)))
+    assert obj["memcg"] == {"usage": 500 << 10, "limit": None, "nearest_cgroup": "/jobs",
+                            "nearest_usage": 510 << 10, "nearest_limit": 512 << 10,
+                            "nearest_levels_up": 1}
+    _ready, failures = read_recording([jsonout.dumps(jsonout.ready_obj(READY)),
+                                       jsonout.dumps(obj)])
+    assert failures[0].memcg == m
+    assert json.loads(jsonout.dumps(jsonout.failure_obj(FCNTL_FAIL)))["memcg"] is None
+
+
+@pytest.mark.parametrize("memcg", ["512", {"limit": 1}, {"usage": "a", "nearest_usage": 1}])
+def test_a_malformed_memcg_is_one_line_error(memcg):
+    obj = jsonout.failure_obj(FCNTL_FAIL)
+    obj["memcg"] = memcg
+    with pytest.raises(ReplayError, match="malformed failure record"):
+        read_recording([jsonout.dumps(jsonout.ready_obj(READY)), jsonout.dumps(obj)])
+
+
+def test_host_at_the_failure_round_trips():
+    import dataclasses
+
+    from tracer.model.failures import HostAtFailure
+
+    h = HostAtFailure(free=64 << 20, available=80 << 20, min_watermark=32 << 20,
+                      low_watermark=40 << 20, high_watermark=48 << 20, managed=1 << 30,
+                      range_mapped=False)
+    f = dataclasses.replace(MMAP_FAIL, host=h)
+    obj = json.loads(jsonout.dumps(jsonout.failure_obj(f)))
+    assert obj["host"] == {"free": 64 << 20, "available": 80 << 20, "min_watermark": 32 << 20,
+                           "low_watermark": 40 << 20, "high_watermark": 48 << 20,
+                           "managed": 1 << 30, "range_mapped": False}
+    _ready, failures = read_recording([jsonout.dumps(jsonout.ready_obj(READY)),
+                                       jsonout.dumps(obj)])
+    assert failures[0].host == h
+    assert json.loads(jsonout.dumps(jsonout.failure_obj(MMAP_FAIL)))["host"] is None
+
+
+@pytest.mark.parametrize("host", [[], {"free": "x"}, {"range_mapped": 1}])
+def test_a_malformed_host_is_one_line_error(host):
+    obj = jsonout.failure_obj(MMAP_FAIL)
+    obj["host"] = host
+    with pytest.raises(ReplayError, match="malformed failure record"):
+        read_recording([jsonout.dumps(jsonout.ready_obj(READY)), jsonout.dumps(obj)])
+
+
+def test_user_sources_round_trip():
+    import dataclasses
+
+    f = dataclasses.replace(MMAP_FAIL, user_sources=(None, "leaky.c:12"))
+    obj = json.loads(jsonout.dumps(jsonout.failure_obj(f)))
+    assert obj["user_sources"] == [None, "leaky.c:12"]
+    _ready, failures = read_recording([jsonout.dumps(jsonout.ready_obj(READY)),
+                                       jsonout.dumps(obj)])
+    assert failures[0].user_sources == (None, "leaky.c:12")
+    obj["user_sources"] = [1]
+    with pytest.raises(ReplayError, match="user_sources"):
+        read_recording([jsonout.dumps(jsonout.ready_obj(READY)), jsonout.dumps(obj)])

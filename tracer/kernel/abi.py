@@ -46,6 +46,10 @@ KIND_NAMES = {
     C["MT_KIND_KMSG"]: "kmsg",
     C["MT_KIND_UNMAPPED_AREA"]: "unmapped_area",
     C["MT_KIND_DECISION"]: "decision",
+    C["MT_KIND_CGROUP"]: "cgroup",
+    C["MT_KIND_EXEC"]: "exec",
+    C["MT_KIND_MAP"]: "map",
+    C["MT_KIND_FORK"]: "fork",
 }
 
 DECISION_NAMES = {
@@ -58,6 +62,7 @@ DECISION_NAMES = {
 # The event flags user space reads (the header has more, set and read in the kernel).
 F_OPPORTUNISTIC = C["MT_F_OPPORTUNISTIC"]
 F_BRK = C["MT_F_BRK"]
+F_TRUNCATED = C["MT_F_TRUNCATED"]
 
 DROP_NAMES = {
     C["MT_DROP_RINGBUF"]: "ringbuf_full",
@@ -65,6 +70,8 @@ DROP_NAMES = {
     C["MT_DROP_PENDING_FULL"]: "linked_overflow",
     C["MT_DROP_USER_STACK"]: "user_stack",
     C["MT_DROP_KERNEL_STACK"]: "kernel_stack",
+    C["MT_DROP_STACK_COPY_RATE"]: "stack_copy_skipped",
+    C["MT_DROP_STACK_COPY"]: "stack_copy",
 }
 
 
@@ -105,6 +112,48 @@ class TaskEvidence(ct.Structure):
     ]
 
 
+class MemcgEvidence(ct.Structure):
+    """struct mt_memcg_evidence"""
+
+    _fields_ = [
+        ("usage", ct.c_uint64),
+        ("max", ct.c_uint64),
+        ("limit_usage", ct.c_uint64),
+        ("limit_max", ct.c_uint64),
+        ("limit_id", ct.c_uint64),
+        ("limit_level", ct.c_uint32),
+        ("valid", ct.c_uint32),
+    ]
+
+
+class HostEvidence(ct.Structure):
+    """struct mt_host_evidence"""
+
+    _fields_ = [
+        ("free", ct.c_uint64),
+        ("wmark_min", ct.c_uint64),
+        ("wmark_low", ct.c_uint64),
+        ("wmark_high", ct.c_uint64),
+        ("reserve", ct.c_uint64),
+        ("file", ct.c_uint64),
+        ("reclaimable", ct.c_uint64),
+        ("managed", ct.c_uint64),
+        ("huge_total", ct.c_uint64),
+        ("huge_free", ct.c_uint64),
+        ("huge_reserved", ct.c_uint64),
+        ("huge_surplus", ct.c_uint64),
+        ("huge_order", ct.c_uint32),
+        ("flags", ct.c_uint32),
+    ]
+
+
+HOST_ZONES = C["MT_HOST_ZONES"]
+HOST_HUGETLB = C["MT_HOST_HUGETLB"]
+HOST_RANGE_CHECKED = C["MT_HOST_RANGE_CHECKED"]
+HOST_RANGE_MAPPED = C["MT_HOST_RANGE_MAPPED"]
+DISCOVER_MAGIC = C["MT_DISCOVER_MAGIC"]
+
+
 class Event(ct.Structure):
     """struct mt_event"""
 
@@ -129,10 +178,26 @@ class Event(ct.Structure):
         ("oom_rss", ct.c_uint64),
         ("comm", ct.c_char * MT_COMM_LEN),
         ("task", TaskEvidence),
+        ("memcg", MemcgEvidence),
+        ("host", HostEvidence),
+        ("ustack_ip", ct.c_uint64),
+        ("ustack_sp", ct.c_uint64),
+        ("ustack_bp", ct.c_uint64),
+        ("ustack_len", ct.c_uint32),
+        ("ustack_pad", ct.c_uint32),
         ("kf", KFail),
         ("linked", KFail * MT_MAX_LINKED),
         ("msg", ct.c_char * MT_MSG_LEN),
     ]
+
+
+MT_USTACK_BYTES = C["MT_USTACK_BYTES"]
+
+
+class EventFull(ct.Structure):
+    """struct mt_event_full: an event and the copy of the user stack that may follow it"""
+
+    _fields_ = [("e", Event), ("stack", ct.c_uint8 * MT_USTACK_BYTES)]
 
 
 class SyscallKey(ct.Structure):
@@ -188,6 +253,11 @@ LK_EV_ALLOC_FAIL = C["LK_EV_ALLOC_FAIL"]
 LK_EV_FORK = C["LK_EV_FORK"]
 LK_EV_EXEC = C["LK_EV_EXEC"]
 LK_EV_EXIT = C["LK_EV_EXIT"]
+LK_EV_MADVISE = C["LK_EV_MADVISE"]
+LK_SAMPLE_BYTES = C["LK_SAMPLE_BYTES"]
+LK_MAX_SAMPLE_BYTES = C["LK_MAX_SAMPLE_BYTES"]
+LK_LOG_FRACTION_BITS = C["LK_LOG_FRACTION_BITS"]
+LK_LN2_Q16 = C["LK_LN2_Q16"]
 
 LEAK_DROP_NAMES = {
     C["LK_DROP_RINGBUF"]: "ringbuf_full",
@@ -234,6 +304,7 @@ class LeakEvent(ct.Structure):
 
     _fields_ = [
         ("ts_ns", ct.c_uint64),
+        ("cgroup_id", ct.c_uint64),
         ("pid", ct.c_uint32),
         ("tid", ct.c_uint32),
         ("kind", ct.c_uint32),
@@ -259,7 +330,10 @@ class LeakEvent(ct.Structure):
 MIRRORED: dict[str, type[ct.Structure]] = {
     "mt_kfail": KFail,
     "mt_task_evidence": TaskEvidence,
+    "mt_memcg_evidence": MemcgEvidence,
+    "mt_host_evidence": HostEvidence,
     "mt_event": Event,
+    "mt_event_full": EventFull,
     "mt_syscall_key": SyscallKey,
     "mt_kfail_key": KFailKey,
     "mt_pending": Pending,

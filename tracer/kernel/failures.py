@@ -3,39 +3,63 @@ the kernel reports (ring-buffer events, exact counters) into model values."""
 
 from __future__ import annotations
 
+import collections
 import ctypes as ct
+import dataclasses
+import gc
+import os
 import re
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Deque, Optional
 
 from .. import __version__
 from ..errors import HostError
 from ..host import system as host
 from ..host.cgroups import CgroupResolver
+from ..host.kallsyms import KernelSymbols
 from ..host.memcg import MemcgWatcher
 from ..model import decode as decoders
 from ..model.failures import (
     Failure,
     Filter,
+    HostAtFailure,
     KernelCount,
     KernelFailure,
     MemcgCount,
+    MemcgState,
     Ready,
     Snapshot,
     SyscallCount,
     TaskState,
 )
 from ..model.probes import ATTACHED, FAILED, ProbeStatus
-from ..unwind.unwinder import ProcessUnwinders
+from ..unwind.unwinder import ProcessUnwinders, Unwinder
 from . import abi
 from .btf import load_vmlinux
 from .build import BuildOptions, Layout, cflags, read_layout
+from .cost import CostMeter
 from .loader import Loaded, load
+from .mappings import LearnedMaps, decode_path
 from .probes import CORE_PROBES, PLAN, choose, kprobe_check
 
 Log = Callable[[str], None]
 
 _OOM_CONSTRAINT = re.compile(r"^oom-kill:constraint=(\w+)")
+
+# Events taken from the ring buffer per poll. libbpf keeps consuming while producers keep
+# producing, so without a bound one poll of a storm never returns and every event it
+# consumed waits in memory; with it, what user space cannot keep up with stays in the
+# kernel, where the ring buffer drops it (counted) and the counters stay exact. About
+# one and a half ring buffers' worth at the default size (128 pages, ~350 events).
+MAX_BATCH = 512
+# A final drain takes at most this many batches: the ring buffer's content, not a
+# storm that is still going on.
+MAX_DRAIN_BATCHES = 4
+# Kernel messages kept to attach to the failure they explain (bounded: a storm prints many).
+MAX_KERNEL_MESSAGES = 32
+# Returned by the ring-buffer callback to end this poll (libbpf stops at a negative value;
+# the event that returned it has been handled).
+_STOP_POLL = -1
 
 
 _TRACING_FRAME = re.compile(r"^(bpf_prog_\w+|bpf_trace_run\d+|__bpf_trace_\w+|__traceiter_\w+)$")
@@ -69,27 +93,111 @@ def task_state(t: abi.TaskEvidence, unmapped_area_failed: bool, page_size: int =
         unmapped_area_failed=unmapped_area_failed)
 
 
+# A page_counter's max at or above this many pages is no limit (PAGE_COUNTER_MAX is
+# LONG_MAX / PAGE_SIZE; cgroup files show it as "max" or 9223372036854771712).
+_NO_LIMIT_PAGES = 1 << 50
+
+
+def host_at_failure(h: abi.HostEvidence, page_size: int = 4096) -> Optional[HostAtFailure]:
+    """The fast-changing memory state the kernel side read at the failure, in bytes; MemAvailable
+    computed from it as si_mem_available() does."""
+    flags = int(h.flags)
+    if not flags:
+        return None
+    zones: dict[str, Any] = {}
+    if flags & abi.HOST_ZONES:
+        low = int(h.wmark_low)
+        pagecache = int(h.file)
+        pagecache -= min(pagecache // 2, low)
+        reclaimable = int(h.reclaimable)
+        reclaimable -= min(reclaimable // 2, low)
+        available = max(int(h.free) - int(h.reserve) + pagecache + reclaimable, 0)
+        zones = dict(free=int(h.free) * page_size, available=available * page_size,
+                     min_watermark=int(h.wmark_min) * page_size, low_watermark=low * page_size,
+                     high_watermark=int(h.wmark_high) * page_size,
+                     managed=int(h.managed) * page_size)
+    huge: dict[str, Any] = {}
+    if flags & abi.HOST_HUGETLB and int(h.huge_order) < 40:
+        huge = dict(hugepages_total=int(h.huge_total), hugepages_free=int(h.huge_free),
+                    hugepages_reserved=int(h.huge_reserved),
+                    hugepages_surplus=int(h.huge_surplus),
+                    hugepage_size=page_size << int(h.huge_order))
+    mapped = bool(flags & abi.HOST_RANGE_MAPPED) if flags & abi.HOST_RANGE_CHECKED else None
+    return HostAtFailure(**zones, **huge, range_mapped=mapped)
+
+
+def memcg_state(m: abi.MemcgEvidence, cgroup: Optional[str], nearest: Optional[str],
+                page_size: int = 4096) -> MemcgState:
+    """The memory cgroup's charge at the failure, as the kernel side read it (pages) in bytes."""
+    def limit(pages: int) -> Optional[int]:
+        return None if pages >= _NO_LIMIT_PAGES else int(pages) * page_size
+
+    return MemcgState(
+        usage=int(m.usage) * page_size, limit=limit(int(m.max)),
+        nearest_cgroup=nearest, nearest_usage=int(m.limit_usage) * page_size,
+        nearest_limit=limit(int(m.limit_max)), nearest_levels_up=int(m.limit_level))
+
+
+# Unwinders kept for processes known only from what the kernel reported (they have exited).
+MAX_LEARNED_UNWINDERS = 64
+
+
+def _in_other_mount_namespace(pid: int) -> bool:
+    """Whether a live process sees another filesystem root than memtrace (a container): its
+    paths as the kernel reported them are inside that root. False once it has exited."""
+    try:
+        theirs, ours = os.stat(f"/proc/{pid}/root/"), os.stat("/")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino)
+
+
+def stack_copy(data: Any, size: int, e: abi.Event) -> bytes:
+    """The copy of the user stack that follows an event in its ring buffer record (struct
+    mt_event_full), bounded by the record's real size; b"" when there is none."""
+    have = int(size) - ct.sizeof(abi.Event)
+    n = min(int(e.ustack_len), have, abi.MT_USTACK_BYTES)
+    if n <= 0:
+        return b""
+    base = ct.cast(data, ct.c_void_p).value
+    return b"" if base is None else ct.string_at(base + ct.sizeof(abi.Event), n)
+
+
 class LiveSource(Loaded):
     """Failures as the running kernel reports them."""
 
     def __init__(self, filt: Optional[Filter] = None, log: Optional[Log] = None,
-                 options: Optional[BuildOptions] = None, symbolize: bool = True):
+                 options: Optional[BuildOptions] = None, symbolize: bool = True,
+                 oom_score_adj: Optional[int] = None, probe_cost: bool = False):
         self.filter = filt or Filter()
+        self.oom_score_adj = oom_score_adj  # lowered at start (None: left as it is)
         self.log = log or (lambda msg: None)
         self.options = options
         self.symbolize = symbolize
+        self.probe_cost = probe_cost  # hold BPF run-time stats on while it runs (kernel/cost.py)
+        self.cost: Optional[CostMeter] = None
         self.bpf: Any = None
         self.layout: Optional[Layout] = None
         self.statuses: list[ProbeStatus] = []
         self._out: list[Failure] = []
-        self._kmsg: list[tuple[float, int, str]] = []
+        self._kmsg: Deque[tuple[float, int, str]] = collections.deque(maxlen=MAX_KERNEL_MESSAGES)
+        self._out_of_memory = False  # a MemoryError in the ring-buffer callback, raised by poll
+        self._decode_errors = 0
         self._last_memcg_poll = 0.0
         self._clock_offset = time.time() - time.monotonic()
         self.user_symbols = ProcessUnwinders()
+        self.learned = LearnedMaps()
+        self.families: frozenset[str] = frozenset()  # the probe families compiled in
+        self._learned_unwinders: collections.OrderedDict[int, tuple[int, Unwinder]] = \
+            collections.OrderedDict()
+        # Not bcc's ksym(): its table of every kernel symbol costs ~20 MiB, this one ~7.
+        self.kernel_symbols = KernelSymbols()
 
     # -- set-up ---------------------------------------------------------------------------
     def start(self) -> Ready:
         host.require_root("tracing")
+        if self.oom_score_adj is not None:  # before compiling, memtrace's largest allocation
+            host.lower_oom_score(self.oom_score_adj, self.log)
         host.ensure_tracefs(self.log)
         host.prepare_headers(self.log)
         if not host.btf_available():
@@ -107,8 +215,11 @@ class LiveSource(Loaded):
             options = BuildOptions(families=families, ringbuf_pages=options.ringbuf_pages,
                                    counter_entries=options.counter_entries,
                                    stack_entries=options.stack_entries, extra=options.extra)
-        flags = cflags(self.layout, options)
+        self.families = options.families
+        flags = cflags(self.layout, options, self_tgid=os.getpid())
         self.bpf = load("memtrace.bpf.c", flags, "memtrace's BPF programs")
+        self._discover()
+        self._load_tail_calls()
 
         statuses: dict[str, ProbeStatus] = dict(unavailable)
         for spec in PLAN:
@@ -140,19 +251,87 @@ class LiveSource(Loaded):
         if self.filter.cgroup is not None:
             self.memcg.watch(self.filter.cgroup)
         self.bpf[b"events"].open_ring_buffer(self._on_event)
+        self.cost = CostMeter(self.bpf, self.statuses, enable=self.probe_cost)
+        host.release_free_heap()  # what the compiler freed: RSS is memtrace's budget in a storm
         return Ready(__version__, host.kernel_release(), tuple(self.statuses), self.layout.notes)
+
+    def _load_tail_calls(self) -> None:
+        """The programs the syscall probe tail-calls (the range check's VMA walk)."""
+        assert self.layout is not None
+        if "MT_HAVE_MAPLE" not in self.layout.features or "SYSCALLS" not in self.families:
+            return
+        try:
+            fn = self.bpf.load_func(b"mt_range_tail", self.bpf.RAW_TRACEPOINT)
+            self.bpf[b"tails"][ct.c_int(0)] = ct.c_int(fn.fd)
+        except Exception as e:  # the range is then read from /proc afterwards, as before
+            self.layout = dataclasses.replace(self.layout, notes=self.layout.notes + (
+                f"whether a range was mapped at the failure: {str(e).splitlines()[0]}",))
+
+    def _discover(self) -> None:
+        """Hand the kernel side the pointers it cannot find by name (this kernel's symbol
+        table has no data symbols): the default huge page pool's struct hstate, through a
+        hugetlbfs memfd memtrace holds for a moment (bpf/memtrace.bpf.c's mt_discover)."""
+        assert self.layout is not None
+        if "MT_HAVE_HUGETLB" not in self.layout.features:
+            return
+        try:
+            fd = os.memfd_create("memtrace-hstate", os.MFD_HUGETLB | os.MFD_CLOEXEC)
+        except (OSError, AttributeError) as e:
+            self.layout = dataclasses.replace(self.layout, notes=self.layout.notes + (
+                f"huge page pool at the failure: no hugetlbfs memfd ({e})",))
+            return
+        try:
+            self.bpf.attach_raw_tracepoint(tp=b"sys_enter", fn_name=b"mt_discover")
+            try:
+                libc = ct.CDLL(None, use_errno=True)
+                libc.fcntl(fd, 1, ct.c_uint64(abi.DISCOVER_MAGIC))  # F_GETFD, the marker
+            finally:
+                self.bpf.detach_raw_tracepoint(tp=b"sys_enter")
+        except Exception as e:  # no hugetlb capture; failures are still traced
+            self.layout = dataclasses.replace(self.layout, notes=self.layout.notes + (
+                f"huge page pool at the failure: {str(e).splitlines()[0]}",))
+        finally:
+            os.close(fd)
 
     # -- events ---------------------------------------------------------------------------
     def poll(self, timeout: float = 0.1) -> list[Failure]:
+        """Up to MAX_BATCH failures from the ring buffer (waiting up to `timeout` for the
+        first), plus memory cgroup events once a second. MemoryError when memtrace itself
+        ran out of memory while converting them (what it had converted is kept)."""
         assert self.bpf is not None
         self.bpf.ring_buffer_poll(int(timeout * 1000))
+        self._raise_if_out_of_memory()
+        busy = bool(self._out)
         now = time.monotonic()
         if now - self._last_memcg_poll >= 1.0:
             self._last_memcg_poll = now
             self._poll_memcg()
             self._recount_armed()
+            busy = True
+        if busy:
+            # What converting a batch freed goes back to the system (~0.3 ms): glibc would
+            # keep it, and reuse of the heap the BPF compiler left makes RSS grow back.
+            host.release_free_heap()
         out, self._out = self._out, []
         return out
+
+    def _raise_if_out_of_memory(self) -> None:
+        if self._out_of_memory:
+            self._out_of_memory = False
+            raise MemoryError("memtrace ran out of memory converting ring-buffer events")
+
+    def shed_memory(self) -> None:
+        """Drop everything held in memory that can be rebuilt (after a MemoryError): the
+        events not yet handed out, the kernel messages and the symbolisers' caches (the
+        kernel's symbol table; ELF symbols, CFI and line tables). The exact counters live
+        in BPF maps and are not touched."""
+        self._out = []
+        self._kmsg.clear()
+        self.user_symbols.forget()
+        self._learned_unwinders.clear()
+        self.kernel_symbols.forget()
+        gc.collect()
+        host.release_free_heap()
 
     def _recount_armed(self) -> None:
         """Reset the kernel's count of threads with pending kernel failures to the truth.
@@ -166,11 +345,20 @@ class LiveSource(Loaded):
             armed[ct.c_int(0)] = ct.c_uint64(n)
 
     def drain(self) -> list[Failure]:
-        """Everything already in the ring buffer, without waiting."""
+        """What is already in the ring buffer, without waiting (at most MAX_DRAIN_BATCHES
+        batches: if a storm still fills it, the rest is only counted)."""
         assert self.bpf is not None
-        self.bpf.ring_buffer_consume()
+        out: list[Failure] = []
+        for _ in range(MAX_DRAIN_BATCHES):
+            self.bpf.ring_buffer_consume()
+            self._raise_if_out_of_memory()
+            batch, self._out = self._out, []
+            out += batch
+            if len(batch) < MAX_BATCH:
+                break
         self._poll_memcg()
-        out, self._out = self._out, []
+        out += self._out
+        self._out = []
         return out
 
     def _poll_memcg(self) -> None:
@@ -183,12 +371,21 @@ class LiveSource(Loaded):
                 cgroup_id=0, detail={"event": event, "increase": increase, "total": total},
                 ts_ns=time.monotonic_ns()))
 
-    def _on_event(self, _ctx, data, _size) -> None:
+    def _on_event(self, _ctx: Any, data: Any, _size: int) -> int:
+        """The ring buffer's callback (from C: nothing may escape it): converts one event,
+        and ends the poll once a batch is full or memory ran out."""
         e = ct.cast(data, ct.POINTER(abi.Event)).contents
         try:
-            self._out.extend(self._convert(e))
+            self._out.extend(self._convert(e, stack_copy(data, _size, e)))
+        except MemoryError:
+            self._out_of_memory = True
+            return _STOP_POLL
         except Exception as exc:  # never let one odd event kill the tracer
-            self.log(f"memtrace: could not decode an event: {exc}")
+            self._decode_errors += 1
+            if self._decode_errors <= 3:  # a storm of odd events must not flood stderr
+                self.log(f"memtrace: could not decode an event: {exc}"
+                         + ("" if self._decode_errors < 3 else " (further ones not shown)"))
+        return _STOP_POLL if len(self._out) >= MAX_BATCH else 0
 
     def _wall(self, ts_ns: int) -> float:
         return self._clock_offset + ts_ns / 1e9
@@ -196,25 +393,87 @@ class LiveSource(Loaded):
     def _cgroup(self, memcg_id: int) -> Optional[str]:
         return self.resolver.path(memcg_id, memory=True)
 
+    def _memcg_state(self, m: abi.MemcgEvidence, cgroup: Optional[str]) -> Optional[MemcgState]:
+        if not m.valid:
+            return None
+        nearest = cgroup if m.limit_level == 0 else self._cgroup(int(m.limit_id))
+        return memcg_state(m, cgroup, nearest)
+
     def _kstack(self, stack_id: int) -> tuple[str, ...]:
         if stack_id < 0 or not self.symbolize or self.bpf is None:
             return ()
         out: list[str] = []
         try:
             for addr in self.bpf[b"stacks"].walk(stack_id):
-                out.append(self.bpf.ksym(addr, show_offset=False).decode("utf-8", "replace"))
+                out.append(self.kernel_symbols.name(addr) or "[unknown]")
         except KeyError:
             return ()
         return strip_tracing_frames(out)
 
-    def _ustack(self, stack_id: int, pid: int) -> tuple[str, ...]:
-        if stack_id < 0 or not self.symbolize or self.bpf is None:
-            return ()
+    def _learned_unwinder(self, pid: int) -> Unwinder:
+        """An unwinder of pid's code as the kernel reported it (exec, mmap, fork): what names
+        the frames of a process that has exited."""
+        generation = self.learned.generation(pid)
+        hit = self._learned_unwinders.get(pid)
+        if hit is None or hit[0] != generation:
+            hit = (generation, Unwinder(self.learned.maps(pid)))
+            self._learned_unwinders[pid] = hit
+            while len(self._learned_unwinders) > MAX_LEARNED_UNWINDERS:
+                self._learned_unwinders.popitem(last=False)
+        self._learned_unwinders.move_to_end(pid)
+        return hit[1]
+
+    def _frames(self, u: Unwinder, e: abi.Event, stack: bytes) -> list[tuple[str, Optional[str]]]:
+        if stack:
+            return u.frames_with_source(int(e.ustack_ip), int(e.ustack_sp), int(e.ustack_bp),
+                                        stack)
         try:
-            addrs = list(self.bpf[b"stacks"].walk(stack_id))
+            addrs = list(self.bpf[b"stacks"].walk(e.user_stack_id))
         except KeyError:
-            return ()
-        return tuple(self.user_symbols.symbolize(pid, addrs))
+            return []
+        rows = []
+        for i, addr in enumerate(addrs):
+            name, module, source = u.symbolize(addr, first=(i == 0))
+            rows.append((f"{name} ({module})", source))
+        return rows
+
+    def _user_stack(self, e: abi.Event, stack: bytes
+                    ) -> tuple[tuple[str, ...], tuple[Optional[str], ...]]:
+        """The failing thread's user stack ("function (module)", innermost first) and file:line
+        per frame: unwound with the binaries' CFI from the copy of its stack the kernel side
+        made at the failure (through code without frame pointers), else the frame-pointer
+        walk. Named from where the kernel reported the process's code to be (exec, mmap,
+        fork: LearnedMaps), else from its /proc/PID/maps (processes older than memtrace, and
+        processes in another mount namespace, whose paths are inside their own root)."""
+        if not self.symbolize or self.bpf is None or (not stack and e.user_stack_id < 0):
+            return (), ()
+        pid = int(e.pid)
+        if self.learned.knows(pid) and not _in_other_mount_namespace(pid):
+            # what the kernel reported is complete as of the failure, and does not depend
+            # on reading /proc/PID/maps in time (or while the process is being torn down)
+            rows = self._frames(self._learned_unwinder(pid), e, stack)
+        else:
+            rows = self._frames(self.user_symbols.get(pid), e, stack)
+            if rows and "[unknown]" in rows[0][0]:  # code mapped since the maps were read
+                rows = self._frames(self.user_symbols.get(pid, refresh=True), e, stack)
+        return tuple(text for text, _ in rows), tuple(source for _, source in rows)
+
+    def _learn_process(self, kind: str, e: abi.Event) -> None:
+        """Where a process's code is, as the kernel reported it (exec, mmap, fork)."""
+        pid = int(e.pid)
+        if kind == "fork":
+            self.learned.forked(pid, int(e.args[0]))
+            return
+        if e.flags & abi.F_TRUNCATED:
+            return  # a path that did not fit: /proc/PID/maps is what is left
+        # the raw bytes: reading a c_char array field stops at its first NUL
+        path = decode_path(ct.string_at(ct.addressof(e) + abi.Event.msg.offset, abi.MT_MSG_LEN))
+        if path is None:
+            return
+        if kind == "exec":
+            self.learned.exec(pid, path, int(e.args[0]), int(e.args[1]))
+        else:
+            self.learned.mapped(pid, int(e.args[0]), int(e.args[1]), int(e.args[2]), path)
 
     def _kernel_failure(self, kf: abi.KFail) -> KernelFailure:
         kind = abi.KIND_NAMES.get(kf.kind, str(kf.kind))
@@ -230,24 +489,31 @@ class LiveSource(Loaded):
             ts_ns=int(kf.ts_ns),
         )
 
-    def _convert(self, e: abi.Event) -> list[Failure]:
+    def _convert(self, e: abi.Event, stack: bytes = b"") -> list[Failure]:
         kind = abi.KIND_NAMES.get(e.kind, str(e.kind))
+        if kind in ("exec", "map", "fork"):
+            self._learn_process(kind, e)
+            return []
         comm = abi.cstr(e.comm)
         if kind == "kmsg":
             self._kmsg.append((time.monotonic(), int(e.actor_tid), abi.cstr(e.msg)))
-            self._kmsg = self._kmsg[-32:]
             return []
         if kind in ("unmapped_area", "decision"):
             return []  # evidence only; it arrives inside the syscall event
+        if kind == "cgroup":  # a cgroup was made or renamed: learn its name before it goes
+            if not e.flags & abi.F_TRUNCATED:
+                self.resolver.learn(int(e.args[0]), int(e.memcg_id), abi.cstr(e.msg))
+            return []
         cgroup = self._cgroup(e.memcg_id)
         if not self.filter.matches(e.pid, comm, cgroup):
             return []
         if cgroup:
             self.memcg.watch(cgroup)
         common: dict[str, Any] = dict(time=self._wall(e.ts_ns), pid=int(e.pid), tid=int(e.tid), comm=comm,
-                      cgroup=cgroup, cgroup_id=int(e.memcg_id), ts_ns=int(e.ts_ns))
+                      cgroup=cgroup, cgroup_id=int(e.memcg_id), ts_ns=int(e.ts_ns),
+                      memcg=self._memcg_state(e.memcg, cgroup), host=host_at_failure(e.host))
         if kind == "syscall":
-            return self._syscall_failures(e, common)
+            return self._syscall_failures(e, common, stack)
         if kind == "oom_kill":
             detail = {"total_vm_bytes": int(e.oom_total_vm) * 4096,
                       "rss_bytes": int(e.oom_rss) * 4096, "uid": int(e.oom_uid)}
@@ -255,12 +521,14 @@ class LiveSource(Loaded):
             return [Failure(kind=kind, kernel_stack=self._kstack(e.kernel_stack_id),
                             detail=detail, **common)]
         kf = self._kernel_failure(e.kf)
+        ustack, usources = self._user_stack(e, stack)
         return [Failure(
             kind=kind, size=kf.size, order=kf.order, gfp=kf.gfp, opportunistic=kf.opportunistic,
-            user_stack=self._ustack(e.user_stack_id, e.pid), kernel_stack=kf.kernel_stack,
+            user_stack=ustack, user_sources=usources, kernel_stack=kf.kernel_stack,
             detail={"cache": kf.cache} if kf.cache else {}, **common)]
 
-    def _syscall_failures(self, e: abi.Event, common: dict[str, Any]) -> list[Failure]:
+    def _syscall_failures(self, e: abi.Event, common: dict[str, Any], stack: bytes = b""
+                          ) -> list[Failure]:
         name = decoders.syscall_name(int(e.syscall_nr))
         args = [int(a) for a in e.args]
         brk = bool(e.flags & abi.F_BRK)
@@ -283,7 +551,7 @@ class LiveSource(Loaded):
         if message:
             detail["kernel_message"] = message
         kstack = linked[0].kernel_stack if linked else self._kstack(e.kernel_stack_id)
-        ustack = self._ustack(e.user_stack_id, e.pid)
+        ustack, usources = self._user_stack(e, stack)
         out = []
         # Opportunistic kernel failures were held back in the kernel; now that the
         # syscall they happened in has failed, they are failures too.
@@ -291,14 +559,14 @@ class LiveSource(Loaded):
             if k.opportunistic:
                 out.append(Failure(kind=k.kind, syscall=name, errno=err, size=k.size, order=k.order,
                                    gfp=k.gfp, opportunistic=True, user_stack=ustack,
-                                   kernel_stack=k.kernel_stack,
+                                   user_sources=usources, kernel_stack=k.kernel_stack,
                                    detail={"cache": k.cache} if k.cache else {},
                                    **{**common, "ts_ns": k.ts_ns or common["ts_ns"]}))
         primary = linked[0] if linked else None
         out.append(Failure(
             kind="syscall", syscall=name, errno=err, size=size,
             order=primary.order if primary else None, gfp=primary.gfp if primary else None,
-            user_stack=ustack, kernel_stack=kstack,
+            user_stack=ustack, user_sources=usources, kernel_stack=kstack,
             args=decoders.describe_syscall_args(name, args), linked=linked, detail=detail,
             task=task, **common))
         return out
@@ -326,6 +594,12 @@ class LiveSource(Loaded):
                 return {"constraint": m.group(1)}
         return {}
 
+    def close(self) -> None:
+        if self.cost is not None:  # first: its fds are the programs' and the stats' own
+            self.cost.close()
+            self.cost = None
+        super().close()
+
     # -- exact totals -----------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         assert self.bpf is not None
@@ -351,4 +625,5 @@ class LiveSource(Loaded):
             if name:
                 drops[name] = int(sum(v))
         memcg = tuple(MemcgCount(c, ev, n) for c, ev, n in self.memcg.totals())
-        return self.filter.snapshot(Snapshot(tuple(syscalls), tuple(kernel), memcg, drops))
+        cost = self.cost.read() if self.cost is not None else None
+        return self.filter.snapshot(Snapshot(tuple(syscalls), tuple(kernel), memcg, drops, cost))

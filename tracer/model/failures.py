@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from .decode import Gfp
-from .probes import ProbeStatus
+from .probes import ProbeCost, ProbeStatus
 
 KINDS = ("syscall", "page_alloc", "slab", "vmalloc", "percpu", "oom_kill", "memcg")
 
@@ -43,6 +43,40 @@ class TaskState:
 
 
 @dataclass(frozen=True)
+class MemcgState:
+    """The failing task's memory cgroup at the moment of failure, read in the kernel: what it
+    had charged and its limit, and of the limits that apply (its own and its ancestors') the
+    one nearest to being hit. Bytes; a limit of None means none is set."""
+
+    usage: int
+    limit: Optional[int]
+    nearest_cgroup: Optional[str]  # the cgroup whose limit is nearest (itself or an ancestor)
+    nearest_usage: int
+    nearest_limit: Optional[int]
+    nearest_levels_up: int = 0  # 0: the task's own cgroup
+
+
+@dataclass(frozen=True)
+class HostAtFailure:
+    """Memory state that changes from one millisecond to the next, read in the kernel at the
+    failure (an OOM kill, a page allocation failure, a huge page or range syscall). Bytes;
+    None where it was not captured for this failure."""
+
+    free: Optional[int] = None  # free pages of every zone
+    available: Optional[int] = None  # MemAvailable as the kernel computes it, at that moment
+    min_watermark: Optional[int] = None  # the zones' min watermarks, summed
+    low_watermark: Optional[int] = None
+    high_watermark: Optional[int] = None
+    managed: Optional[int] = None  # memory the page allocator manages
+    hugepages_total: Optional[int] = None  # the default huge page pool, in pages
+    hugepages_free: Optional[int] = None
+    hugepages_reserved: Optional[int] = None
+    hugepages_surplus: Optional[int] = None
+    hugepage_size: Optional[int] = None  # bytes
+    range_mapped: Optional[bool] = None  # range syscalls: was all of [addr, addr+len) mapped?
+
+
+@dataclass(frozen=True)
 class Failure:
     """One allocation failure, as every view sees it."""
 
@@ -59,7 +93,7 @@ class Failure:
     order: Optional[int] = None
     gfp: Optional[Gfp] = None
     cause: Optional[str] = None
-    user_stack: tuple[str, ...] = ()
+    user_stack: tuple[str, ...] = ()  # "function (module)", innermost first
     kernel_stack: tuple[str, ...] = ()
     args: Mapping[str, Any] = field(default_factory=dict)
     opportunistic: bool = False
@@ -67,6 +101,9 @@ class Failure:
     detail: Mapping[str, Any] = field(default_factory=dict)  # kind-specific facts
     ts_ns: int = 0  # the kernel's monotonic clock; orders events from one source
     task: Optional[TaskState] = None  # syscall failures: limits at the moment of failure
+    memcg: Optional[MemcgState] = None  # the memory cgroup's charge at the moment of failure
+    host: Optional[HostAtFailure] = None  # fast-changing memory state at the moment of failure
+    user_sources: tuple[Optional[str], ...] = ()  # "file:line" per user frame, where known
     explanation: Optional[str] = None  # the diagnosis: one actionable sentence
     evidence: Mapping[str, Any] = field(default_factory=dict)  # the numbers behind `cause`
     confidence: Optional[str] = None  # "confirmed" (kernel decision point) or "inferred"
@@ -109,6 +146,7 @@ class Snapshot:
     kernel: tuple[KernelCount, ...] = ()
     memcg: tuple[MemcgCount, ...] = ()
     drops: Mapping[str, int] = field(default_factory=dict)
+    cost: Optional[ProbeCost] = None  # memtrace's own probes (BPF run-time stats), when read
 
 
 @dataclass(frozen=True)
@@ -144,6 +182,7 @@ class Filter:
             tuple(c for c in s.memcg
                   if self.cgroup is None or path_matches(c.cgroup, self.cgroup)),
             s.drops,
+            s.cost,
         )
 
 

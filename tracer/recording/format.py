@@ -3,6 +3,7 @@ to ready, failure and summary objects, and each line back to a checked model val
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -12,7 +13,15 @@ from typing import Any, Mapping, Optional, Union
 from .. import __version__
 from ..errors import ReplayError
 from ..model.decode import Gfp, parse_gfp
-from ..model.failures import KINDS, Failure, KernelFailure, Ready, Snapshot
+from ..model.failures import (
+    KINDS,
+    Failure,
+    HostAtFailure,
+    KernelFailure,
+    MemcgState,
+    Ready,
+    Snapshot,
+)
 from ..model.probes import ProbeStatus
 from ..model.totals import summary_counts
 
@@ -35,6 +44,23 @@ def _kernel_failure_obj(k: KernelFailure) -> dict[str, Any]:
     return {"kind": k.kind, "size": k.size, "order": k.order, "gfp": _gfp_text(k.gfp),
             "opportunistic": k.opportunistic, "cache": k.cache,
             "kernel_stack": list(k.kernel_stack)}
+
+
+def _memcg_obj(m: Optional[MemcgState]) -> Optional[dict[str, Any]]:
+    if m is None:
+        return None
+    return {"usage": m.usage, "limit": m.limit, "nearest_cgroup": m.nearest_cgroup,
+            "nearest_usage": m.nearest_usage, "nearest_limit": m.nearest_limit,
+            "nearest_levels_up": m.nearest_levels_up}
+
+
+_HOST_FIELDS = tuple(f.name for f in dataclasses.fields(HostAtFailure))
+
+
+def _host_obj(h: Optional[HostAtFailure]) -> Optional[dict[str, Any]]:
+    if h is None:
+        return None
+    return {name: getattr(h, name) for name in _HOST_FIELDS if getattr(h, name) is not None}
 
 
 def failure_obj(f: Failure) -> dict[str, Any]:
@@ -62,6 +88,9 @@ def failure_obj(f: Failure) -> dict[str, Any]:
         "opportunistic": f.opportunistic,
         "linked": [_kernel_failure_obj(k) for k in f.linked],
         "detail": dict(f.detail),
+        "memcg": _memcg_obj(f.memcg),
+        "host": _host_obj(f.host),
+        "user_sources": list(f.user_sources),
     }
 
 
@@ -205,6 +234,48 @@ def _kernel_failure_from_json(k: object) -> KernelFailure:
                          cache=_opt_str(k, "cache"), kernel_stack=_opt_strs(k, "kernel_stack"))
 
 
+def _memcg_from_json(obj: Mapping[str, Any]) -> Optional[MemcgState]:
+    m = obj.get("memcg")
+    if m is None:
+        return None
+    if not isinstance(m, dict):
+        raise _Malformed("memcg is not an object")
+    usage, nearest_usage = _opt_int(m, "usage"), _opt_int(m, "nearest_usage")
+    levels = _opt_int(m, "nearest_levels_up")
+    if usage is None or nearest_usage is None:
+        raise _Malformed("memcg has no usage")
+    return MemcgState(usage=usage, limit=_opt_int(m, "limit"),
+                      nearest_cgroup=_opt_str(m, "nearest_cgroup"), nearest_usage=nearest_usage,
+                      nearest_limit=_opt_int(m, "nearest_limit"), nearest_levels_up=levels or 0)
+
+
+def _host_from_json(obj: Mapping[str, Any]) -> Optional[HostAtFailure]:
+    h = obj.get("host")
+    if h is None:
+        return None
+    if not isinstance(h, dict):
+        raise _Malformed("host is not an object")
+    values: dict[str, Any] = {}
+    for name in _HOST_FIELDS:
+        if name == "range_mapped":
+            v = h.get(name)
+            if v is not None and not isinstance(v, bool):
+                raise _Malformed("host.range_mapped is not true or false")
+            values[name] = v
+        else:
+            values[name] = _opt_int(h, name)
+    return HostAtFailure(**values)
+
+
+def _opt_sources(obj: Mapping[str, Any]) -> tuple[Optional[str], ...]:
+    v = obj.get("user_sources")
+    if v is None:
+        return ()
+    if not isinstance(v, list) or not all(x is None or isinstance(x, str) for x in v):
+        raise _Malformed("user_sources is not a list of strings and nulls")
+    return tuple(v)
+
+
 def _failure_from_json(obj: Mapping[str, Any]) -> Failure:
     kind = obj.get("kind")
     if kind is None or not isinstance(kind, str):
@@ -232,7 +303,8 @@ def _failure_from_json(obj: Mapping[str, Any]) -> Failure:
                    kernel_stack=_opt_strs(obj, "kernel_stack"),
                    args=_opt_dict(obj, "args"), opportunistic=_opt_bool(obj, "opportunistic"),
                    linked=tuple(_kernel_failure_from_json(k) for k in linked or ()),
-                   detail=detail)
+                   detail=detail, memcg=_memcg_from_json(obj), host=_host_from_json(obj),
+                   user_sources=_opt_sources(obj))
 
 
 def _probe_from_json(p: object) -> ProbeStatus:
