@@ -1,12 +1,14 @@
 """The source protocol, a scripted source for tests, and the one polling loop every command
-runs: start, poll, tick, stop cleanly, summarise."""
+runs: start, poll, tick, stop cleanly, summarise, and live through its own memory running out."""
 
 from __future__ import annotations
 
+import gc
 import signal
+import sys
 import threading
 import time
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
 
 from .diagnose.diagnoser import Diagnoser
 from .model.failures import Failure, Filter, Ready, Snapshot
@@ -22,6 +24,13 @@ class Source(Protocol):
     def snapshot(self) -> Snapshot: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class SheddingSource(Protocol):
+    """A source holding caches it can drop when memtrace runs out of memory."""
+
+    def shed_memory(self) -> None: ...
 
 
 class FakeSource:
@@ -124,24 +133,104 @@ class StopFlag:
         signal.signal(signal.SIGTERM, self)
 
 
+# Said once, on the first MemoryError the loop survives. Made up front: saying it must not
+# need much memory.
+OUT_OF_MEMORY_NOTE = (
+    "memtrace: warning: memtrace itself ran out of memory: it dropped the failure details it "
+    "held and its caches, and goes on; the kernel keeps counting, so the totals stay exact "
+    "(some failures lose their details).")
+
+
+def _stderr(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+class MemoryRecovery:
+    """What the loop does when one of memtrace's own allocations fails (MemoryError): drop
+    what it holds in memory and can rebuild, say so once, and go on. The exact counts are
+    in BPF maps, allocated when the programs were loaded, so they do not suffer."""
+
+    def __init__(self, source: Source, log: Callable[[str], None],
+                 forget: Callable[[], None] = lambda: None):
+        self.source = source
+        self.log = log
+        self.forget = forget
+        self.times = 0
+
+    def recover(self) -> None:
+        self.times += 1
+        for step in (self.forget, self._shed_source, gc.collect):
+            try:
+                step()
+            except MemoryError:
+                pass  # the others may still free enough
+        if self.times == 1:
+            try:
+                self.log(OUT_OF_MEMORY_NOTE)
+            except (MemoryError, OSError):
+                pass
+
+    def _shed_source(self) -> None:
+        if isinstance(self.source, SheddingSource):
+            self.source.shed_memory()
+
+
 def run(source: Source, *, duration: Optional[float], on_ready: Callable[[Ready], None],
         on_failures: Callable[[list[Failure]], None],
         on_tick: Callable[[Snapshot], None] = lambda s: None,
         on_summary: Callable[[Snapshot], None] = lambda s: None,
         interval: float = 1.0, stop: Optional[StopFlag] = None,
-        diagnose: bool = True, requests: Optional[SnapshotRequests] = None) -> Snapshot:
+        diagnose: bool = True, requests: Optional[SnapshotRequests] = None,
+        log: Callable[[str], None] = _stderr) -> Snapshot:
     """Start the source, hand its failures and periodic snapshots to the callbacks until a
     signal, the duration or the stop flag, then drain and summarise. Every call on the
-    source happens on this thread; other threads get snapshots through `requests`."""
+    source happens on this thread; other threads get snapshots through `requests`.
+
+    A MemoryError while handling failures or a tick costs what was in hand (the batch, the
+    tick): the loop drops its caches and the source's, says so once on `log`, and goes on."""
     stop = stop or StopFlag()
     stop.install()
     ready = source.start()
-    if diagnose:
-        deliver = on_failures
-        enrich = Diagnoser()
+    diagnoser: list[Optional[Diagnoser]] = [Diagnoser() if diagnose else None]
 
-        def on_failures(fs: list[Failure]) -> None:
-            deliver(enrich(fs))
+    def deliver(fs: list[Failure]) -> None:
+        if diagnose:
+            enrich = diagnoser[0]
+            if enrich is None:
+                enrich = diagnoser[0] = Diagnoser()
+            fs = enrich(fs)
+        on_failures(fs)
+
+    def forget() -> None:
+        diagnoser[0] = None  # its evidence caches; a new one is made for the next failures
+
+    recovery = MemoryRecovery(source, log, forget)
+
+    def guarded(step: Callable[[], None]) -> None:
+        out_of_memory = False
+        try:
+            step()
+        except MemoryError:
+            out_of_memory = True
+        if out_of_memory:  # out of the except block: its traceback no longer holds the batch
+            recovery.recover()
+
+    def poll_once() -> None:
+        failures = source.poll(0.1)
+        if failures:
+            deliver(failures)
+
+    def tick() -> None:
+        snap = source.snapshot()
+        if requests is not None:
+            requests.publish(snap)
+        on_tick(snap)
+
+    def drain() -> None:
+        failures = source.drain()
+        if failures:
+            deliver(failures)
 
     try:
         on_ready(ready)
@@ -151,21 +240,20 @@ def run(source: Source, *, duration: Optional[float], on_ready: Callable[[Ready]
             now = time.monotonic()
             if duration is not None and now - started >= duration:
                 break
-            failures = source.poll(0.1)
-            if failures:
-                on_failures(failures)
+            guarded(poll_once)
             if requests is not None:
-                requests.answer(source)
+                guarded(lambda: requests.answer(source))
             if time.monotonic() >= next_tick:
                 next_tick += interval
-                snap = source.snapshot()
-                if requests is not None:
-                    requests.publish(snap)
-                on_tick(snap)
-        failures = source.drain()
-        if failures:
-            on_failures(failures)
-        snap = source.snapshot()
+                guarded(tick)
+        guarded(drain)
+        try:
+            snap = source.snapshot()
+        except MemoryError:
+            snap = None
+        if snap is None:  # once more with the caches dropped: the summary is what counts
+            recovery.recover()
+            snap = source.snapshot()
         if requests is not None:
             requests.close(snap)
         on_summary(snap)

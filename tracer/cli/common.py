@@ -9,6 +9,7 @@ from typing import Any, Callable, NoReturn, Optional
 import click
 
 from ..errors import MemtraceError, UsageError
+from ..host.system import OOM_SCORE_ADJ_DEFAULT
 from ..views.terminal import inert
 
 
@@ -35,6 +36,8 @@ def guard(fn: Callable[[], Any]) -> Any:
     except BrokenPipeError:
         sys.stderr.close()
         sys.exit(0)
+    except MemoryError:  # outside the loop, which recovers from it itself (e.g. compiling)
+        fail("memtrace ran out of memory", 1)
 
 
 def filter_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -47,6 +50,25 @@ def filter_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("-p", "--pid", "pids", type=int, multiple=True,
                      help="Only this process (repeatable).")(f)
     return f
+
+
+def oom_score_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--oom-score-adj: how much less likely than other processes the OOM killer is to pick
+    memtrace, which must outlive the memory exhaustion it watches."""
+    return click.option(
+        "--oom-score-adj", type=click.IntRange(-1000, 1000), default=OOM_SCORE_ADJ_DEFAULT,
+        envvar="MEMTRACE_OOM_SCORE_ADJ", show_default=True, show_envvar=True,
+        help="Lower memtrace's own oom_score_adj to this while it traces (kept if already "
+             "lower), so the OOM killer picks other processes first; -1000 exempts it.")(f)
+
+
+def protect_from_oom_killer(oom_score_adj: int) -> None:
+    """Lower memtrace's OOM score before it loads anything (a note when it cannot). Only
+    root can lower it, and only root traces: without root the tracer's error says it all."""
+    from ..host.system import is_root, lower_oom_score
+
+    if is_root():
+        lower_oom_score(oom_score_adj, log)
 
 
 def check_pids(pids: tuple[int, ...]) -> None:
@@ -69,8 +91,11 @@ def build_filter(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[st
     return Filter(pids=frozenset(pids), cgroup=cg_path, comm=comm)
 
 
-def live_source(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str]) -> Any:
-    """The kernel's failures, filtered as the options say (UsageError for a bad filter)."""
+def live_source(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str],
+                oom_score_adj: int = OOM_SCORE_ADJ_DEFAULT, probe_cost: bool = False) -> Any:
+    """The kernel's failures, filtered as the options say (UsageError for a bad filter); it
+    lowers memtrace's OOM score when it starts."""
     from ..kernel.failures import LiveSource
 
-    return LiveSource(build_filter(pids, cgroup, comm), log=log)
+    return LiveSource(build_filter(pids, cgroup, comm), log=log, oom_score_adj=oom_score_adj,
+                      probe_cost=probe_cost)

@@ -7,7 +7,14 @@ from typing import Any, Optional
 import click
 
 from ..errors import UsageError
-from .common import filter_options, guard, live_source, log, skipped_line_warning
+from .common import (
+    filter_options,
+    guard,
+    live_source,
+    log,
+    oom_score_option,
+    skipped_line_warning,
+)
 
 
 def replay_source(path: str, speed: float) -> Any:
@@ -40,8 +47,13 @@ def _open_replay(path: str, speed: float) -> Any:
               help="Drive the dashboard from a recording (memtrace record) instead of the kernel.")
 @click.option("--speed", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Replay speed: 1 = real time, 2 = twice as fast, 0 = as fast as possible.")
+@click.option("--probe-cost/--no-probe-cost", default=True, show_default=True,
+              help="Show what memtrace's own probes cost (turns the kernel's BPF run-time "
+                   "stats on while top runs: about two clock reads per probe event).")
+@oom_score_option
 def top(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str],
-        duration: Optional[float], interval: float, replay: Optional[str], speed: float) -> None:
+        duration: Optional[float], interval: float, replay: Optional[str], speed: float,
+        probe_cost: bool, oom_score_adj: int) -> None:
     """Live dashboard of failures by process, cgroup, syscall and allocation order."""
     from ..views.top import run_top
 
@@ -51,7 +63,7 @@ def top(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str],
                 raise UsageError("-p/--pid, --cgroup and --comm do not apply to --replay")
             source = _open_replay(replay, speed)
         else:
-            source = live_source(pids, cgroup, comm)
+            source = live_source(pids, cgroup, comm, oom_score_adj, probe_cost=probe_cost)
         run_top(source, duration=duration, interval=interval)
 
     guard(body)

@@ -156,10 +156,17 @@ class Unwinder:
         return [text for text, _ in self.frames_with_source(ip, sp, bp, stack)]
 
 
-class ProcessUnwinders:
-    """One Unwinder per process, made from its /proc/PID/maps and refreshed on demand."""
+# Processes whose unwinders are kept (least recently used dropped first). Each holds its
+# mappings and references to the ELF modules it resolved, so the bound is what keeps a host
+# with many short-lived failing processes from growing memtrace without end.
+MAX_PROCESSES = 64
 
-    def __init__(self, max_processes: int = 256, proc: str = "/proc"):
+
+class ProcessUnwinders:
+    """One Unwinder per process, made from its /proc/PID/maps and refreshed on demand; at
+    most `max_processes` of them, the least recently used dropped first."""
+
+    def __init__(self, max_processes: int = MAX_PROCESSES, proc: str = "/proc"):
         self.max_processes = max_processes
         self.proc = proc
         self._by_pid: OrderedDict[int, Unwinder] = OrderedDict()
@@ -181,6 +188,16 @@ class ProcessUnwinders:
         elif maps:
             u.update_maps(maps)
         return u
+
+    def forget(self) -> None:
+        """Drop every process's unwinder and the shared cache of ELF modules (symbols, CFI,
+        line tables): all of it is rebuilt on demand. Used to give memory back when memtrace
+        itself runs out of it."""
+        self._by_pid.clear()
+        Module._cache.clear()  # the class-wide cache of parsed ELF files (see Module.get)
+
+    def __len__(self) -> int:
+        return len(self._by_pid)
 
     def _root(self, pid: int) -> str:
         """The process's filesystem root when it is not ours (a container), else ""."""
