@@ -2,7 +2,8 @@
  * memtrace uses on every event. Each program reads the one argument that says
  * "this failed", compares it and returns. The branch taken on a failure bumps a
  * counter, so the compiler cannot drop the comparison; in the benchmarks it never
- * runs. Loaded by bench/floor.py (bcc); the raw tracepoint arguments are the same
+ * runs. Loaded by bench/floor.py (bcc), which with --only-sys-exit attaches only
+ * floor_sys_exit (the bare syscall hook); the raw tracepoint arguments are the same
  * ones bpf/memtrace.bpf.c reads. */
 
 BPF_ARRAY(floor_hits, u64, 4);

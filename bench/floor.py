@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Load bench/floor.bpf.c: minimal raw-tracepoint programs on memtrace's hot hooks.
 
-Attaches one program each to sys_exit, mm_page_alloc, kmalloc and kmem_cache_alloc,
-prints "ready" on stdout once all are attached, and stays attached until SIGTERM or
-SIGINT. This is the overhead floor bench/run_all.py compares memtrace against.
+Attaches one program each to sys_exit, mm_page_alloc, kmalloc and kmem_cache_alloc
+(the floor), or with --only-sys-exit to sys_exit alone (the bare syscall hook), prints
+"ready" on stdout once all are attached, and stays attached until SIGTERM or SIGINT.
+These are the baselines bench/run_all.py compares memtrace against.
 
-Run as root: python bench/floor.py
+Run as root: python bench/floor.py [--only-sys-exit]
 """
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 from pathlib import Path
@@ -25,7 +27,13 @@ HOOKS = (
 )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="the floor: trivial programs on memtrace's hot hooks")
+    ap.add_argument("--only-sys-exit", action="store_true",
+                    help="attach the sys_exit program alone (the bare syscall hook)")
+    args = ap.parse_args(argv)
+    hooks = HOOKS[:1] if args.only_sys_exit else HOOKS
+
     from tracer.errors import HostError
     from tracer.host import system
 
@@ -44,12 +52,12 @@ def main() -> int:
 
     bpf = BPF(src_file=str(BENCH / "floor.bpf.c").encode())
     try:
-        for tp, fn in HOOKS:
+        for tp, fn in hooks:
             bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=fn.encode())
         print("ready", flush=True)
         signal.sigwait(stops)
         hits = [int(v.value) for v in bpf[b"floor_hits"].values()]
-        print(f"stopped; failures seen per hook: {dict(zip([h[0] for h in HOOKS], hits))}",
+        print(f"stopped; failures seen per hook: {dict(zip([h[0] for h in hooks], hits))}",
               flush=True)
     finally:
         bpf.cleanup()

@@ -13,13 +13,22 @@ Sections (all by default; --only picks one):
              objects), untraced vs memtrace, in pairs the same way.
   startup    time from starting `memtrace watch --json` to its ready line, its exit
              time, its peak RSS, and its BPF maps (memlock) and programs.
+  server     a real network server under its own benchmark client: Debian's redis-server
+             and redis-benchmark (20 clients, SET/GET, loopback), rounds of five arms
+             side by side (untraced, the bare sys_exit hook, the floor, `memtrace watch`,
+             `memtrace export`), order alternating; throughput ratios arm/untraced per
+             round, medians and ranges over at least 4 rounds. Installs the two packages
+             with bench/setup.sh when they are missing.
+  storm_rss  memtrace's own peak RSS under an ENOMEM storm (bench/peak_rss.py: 2 threads
+             failing mmap for 5 s) for `watch --json` and `top`, and whether its counts
+             stay exact; the limit is 200 MiB.
 
 memtrace's peak RSS (VmHWM) is read just before each of its runs is stopped, in every
 section. Prints a table, then one JSON line with every number (also written to
 bench/out/results.json). Every process it starts is stopped on exit, Ctrl-C included.
 
 Run as root: sudo make bench, or python bench/run_all.py [--pairs N] [--quick]
-[--only storm|realistic|startup].
+[--only storm|realistic|startup|server|storm_rss].
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -275,10 +285,14 @@ class BpfStats:
 class Tracer:
     """A background tracer: started, waited for until ready, stopped with SIGTERM."""
 
-    def __init__(self, name: str, argv: list[str], is_ready: Callable[[str], bool]):
+    def __init__(self, name: str, argv: list[str], is_ready: Callable[[str], bool],
+                 ready_on_stderr: bool = False):
         self.name = name
         self.argv = argv
         self.is_ready = is_ready
+        # memtrace export says it is ready on stderr: read that stream instead, and copy
+        # it to the log file (stdout then goes to the file directly).
+        self.ready_on_stderr = ready_on_stderr
         self.proc: Optional[subprocess.Popen] = None
         self.ready_line = ""
         self.ready_s = 0.0
@@ -295,22 +309,35 @@ class Tracer:
 
     def _read(self, stream, t0: float) -> None:
         # Reads stdout to the end, so the tracer never blocks on a full pipe; after the
-        # ready line everything is discarded (the equivalent of > /dev/null).
-        for line in stream:
-            if not self._ready.is_set() and self.is_ready(line):
-                self.ready_s = time.monotonic() - t0
-                self.ready_line = line.strip()
-                self._ready.set()
-        stream.close()
+        # ready line everything is discarded (the equivalent of > /dev/null). A stderr
+        # stream is copied to the log file instead.
+        copy = open(self.stderr_path, "a") if self.ready_on_stderr else None
+        try:
+            for line in stream:
+                if copy is not None:
+                    copy.write(line)
+                    copy.flush()
+                if not self._ready.is_set() and self.is_ready(line):
+                    self.ready_s = time.monotonic() - t0
+                    self.ready_line = line.strip()
+                    self._ready.set()
+        finally:
+            stream.close()
+            if copy is not None:
+                copy.close()
 
     def start(self) -> "Tracer":
         self._ready.clear()
         with open(self.stderr_path, "w") as err:
             t0 = time.monotonic()
-            self.proc = spawn(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=err, text=True, bufsize=1, cwd=ROOT)
-        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout, t0),
-                                        daemon=True)
+            if self.ready_on_stderr:
+                self.proc = spawn(self.argv, stdin=subprocess.DEVNULL, stdout=err,
+                                  stderr=subprocess.PIPE, text=True, bufsize=1, cwd=ROOT)
+            else:
+                self.proc = spawn(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=err, text=True, bufsize=1, cwd=ROOT)
+        stream = self.proc.stderr if self.ready_on_stderr else self.proc.stdout
+        self._reader = threading.Thread(target=self._read, args=(stream, t0), daemon=True)
         self._reader.start()
         deadline = t0 + READY_TIMEOUT_S
         while not self._ready.wait(0.05):
@@ -368,6 +395,20 @@ def make_memtrace(args) -> Tracer:
 def make_floor() -> Tracer:
     return Tracer("floor", [venv_python(), str(BENCH / "floor.py")],
                   lambda line: line.strip() == "ready")
+
+
+def make_bare_sys_exit() -> Tracer:
+    """The bare syscall hook: floor.bpf.c's sys_exit program alone."""
+    return Tracer("sys_exit", [venv_python(), str(BENCH / "floor.py"), "--only-sys-exit"],
+                  lambda line: line.strip() == "ready")
+
+
+def make_export(args, port: int) -> Tracer:
+    """`memtrace export` on a loopback port (nobody scrapes it during the run)."""
+    argv = memtrace_argv(args.memtrace)
+    base = argv[:argv.index("watch")] if "watch" in argv else argv  # the command alone
+    return Tracer("export", [*base, "export", "--listen", f"127.0.0.1:{port}"],
+                  lambda line: "metrics on http" in line, ready_on_stderr=True)
 
 
 # ---------------------------------------------------------------- workloads
@@ -514,7 +555,7 @@ class Results:
                     self.probes = json.loads(tr.ready_line).get("probes")
                 except ValueError:
                     pass
-        elif rss:
+        elif tr.name == "floor" and rss:
             self.floor_rss_kib.append(rss)
 
     def note_objects(self, tr: Tracer) -> None:
@@ -663,6 +704,191 @@ def section_startup(args, res: Results) -> dict:
             "stop_s_median": med(stops), "idle_peak_rss_kib_median": med(rss)}
 
 
+# ---------------------------------------------------------------- server
+SERVER_ARMS = ("untraced", "sys_exit", "floor", "memtrace", "export")
+SERVER_KEYS = ("rps", "set_rps", "get_rps")
+REDIS_CLIENTS = 20
+REDIS_RUN_TIMEOUT_S = 120.0  # one redis-benchmark run; it takes a few seconds
+
+
+def ensure_redis() -> tuple[str, str]:
+    """redis-server and redis-benchmark, installed by bench/setup.sh when missing."""
+    server, client = shutil.which("redis-server"), shutil.which("redis-benchmark")
+    if server and client:
+        return server, client
+    log("bench: the server benchmark needs redis-server and redis-benchmark (Debian's "
+        "redis-server and redis-tools packages, for the benchmark only): installing them "
+        "with bench/setup.sh")
+    r = subprocess.run(["bash", str(BENCH / "setup.sh")], stdin=subprocess.DEVNULL)
+    server, client = shutil.which("redis-server"), shutil.which("redis-benchmark")
+    if r.returncode != 0 or not server or not client:
+        raise BenchError("could not install redis-server and redis-tools (bench/setup.sh); "
+                         "install them with apt-get, or skip this section")
+    return server, client
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis(server: str, port: int) -> subprocess.Popen:
+    """A private redis-server on 127.0.0.1:port: no persistence, nothing written but its log."""
+    argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
+            "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", str(OUT),
+            "--logfile", str(OUT / "redis-server.log")]
+    p = spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while not _redis_ping(port):
+        if p.poll() is not None or time.monotonic() > deadline:
+            stop_process(p)
+            raise BenchError(f"redis-server did not start on 127.0.0.1:{port} (see "
+                             f"{OUT / 'redis-server.log'})")
+        time.sleep(0.1)
+    return p
+
+
+def redis_benchmark(client: str, port: int, requests: int) -> dict[str, float]:
+    """One bounded redis-benchmark run (20 clients, SET then GET): requests per second."""
+    argv = [client, "-h", "127.0.0.1", "-p", str(port), "-c", str(REDIS_CLIENTS),
+            "-n", str(requests), "-t", "set,get", "--csv"]
+    t0 = time.monotonic()
+    p = spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+              text=True)
+    try:
+        out, err = p.communicate(timeout=REDIS_RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        stop_process(p, signal.SIGKILL)
+        raise BenchError(f"redis-benchmark took longer than {REDIS_RUN_TIMEOUT_S:.0f}s") from None
+    _CHILDREN.remove(p)
+    rps: dict[str, float] = {}
+    for row in out.splitlines():
+        cells = [c.strip('"') for c in row.split(",")]
+        if len(cells) >= 2 and cells[0] in ("SET", "GET"):
+            try:
+                rps[cells[0]] = float(cells[1])
+            except ValueError:
+                pass
+    if p.returncode != 0 or set(rps) != {"SET", "GET"} or min(rps.values()) <= 0:
+        raise BenchError(f"redis-benchmark exited {p.returncode} without SET and GET rates: "
+                         f"{(err or out).strip()[-300:]}")
+    # Both tests together: all requests over the time they took.
+    busy = requests / rps["SET"] + requests / rps["GET"]
+    return {"rps": 2 * requests / busy, "set_rps": rps["SET"], "get_rps": rps["GET"],
+            "wall_s": time.monotonic() - t0}
+
+
+def section_server(args, res: Results) -> dict:
+    """redis-server under redis-benchmark, untraced and under four tracers, side by side:
+    each round runs every arm once (order reversed in odd rounds); each arm's ratio is its
+    throughput over the untraced throughput of the same round."""
+    server, client = ensure_redis()
+    rounds = max(args.pairs, 4)
+    requests = args.server_requests or (100_000 if args.quick else 200_000)
+    tracers: dict[str, Optional[Tracer]] = {
+        "untraced": None,
+        "sys_exit": tracked(make_bare_sys_exit(), res),
+        "floor": tracked(make_floor(), res),
+        "memtrace": tracked(make_memtrace(args), res),
+        "export": tracked(make_export(args, free_loopback_port()), res),
+    }
+    port = free_loopback_port()
+    redis = start_redis(server, port)
+    version = subprocess.run([server, "--version"], capture_output=True, text=True).stdout
+    per_round: list[dict] = []
+    try:
+        redis_benchmark(client, port, requests // 4)  # warm-up, not counted
+        for i in range(rounds):
+            order = list(SERVER_ARMS) if i % 2 == 0 else list(reversed(SERVER_ARMS))
+            for attempt in range(args.retries + 1):
+                wait_quiet(args.quiet_timeout)
+                runs: dict = {}
+                noise: list[str] = []
+                for name in order:
+                    tracer = tracers[name]
+                    time.sleep(GAP_S)
+                    if tracer is not None:
+                        tracer.start()
+                    try:
+                        if tracer is not None:
+                            time.sleep(SETTLE_S)
+                        before = loaded_programs()
+                        runs[name] = redis_benchmark(client, port, requests)
+                        noise += bpf_noise(before, loaded_programs())
+                    finally:
+                        if tracer is not None:
+                            tracer.stop()
+                if not noise:
+                    break
+                NOISE.append({"section": SECTION[0], "pair": i, "tracer": "all arms",
+                              "attempt": attempt, "programs": sorted(set(noise))[:6]})
+                log(f"  bench: server round {i + 1} overlapped other BPF activity "
+                    f"({', '.join(sorted(set(noise))[:3])}); " +
+                    ("measuring it again" if attempt < args.retries else "keeping it"))
+            runs["noisy"] = bool(noise)
+            per_round.append(runs)
+            base = runs["untraced"]["rps"]
+            log(f"  server round {i + 1}/{rounds}: untraced {base:,.0f} req/s; " + ", ".join(
+                f"{n} {runs[n]['rps'] / base:.3f}" for n in SERVER_ARMS[1:]))
+    finally:
+        stop_process(redis)
+    arms = {}
+    for name in SERVER_ARMS[1:]:
+        arms[name] = {}
+        for k in SERVER_KEYS:
+            ratios = [r[name][k] / r["untraced"][k] for r in per_round]
+            clean = [r[name][k] / r["untraced"][k] for r in per_round if not r["noisy"]]
+            arms[name][k] = {
+                "ratio_median": med(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+                "ratios": [round(x, 4) for x in ratios],
+                "ratio_median_clean_rounds": med(clean), "clean_rounds": len(clean),
+                "median_rps": med([r[name][k] for r in per_round])}
+    untraced = {k: med([r["untraced"][k] for r in per_round]) for k in SERVER_KEYS}
+    # What each arm costs beyond the bare hook, in points of the untraced throughput:
+    # from the medians, and round by round (each round measures both back to back).
+    beyond = {name: {"from_medians": arms["sys_exit"]["rps"]["ratio_median"]
+                     - arms[name]["rps"]["ratio_median"],
+                     "median_by_round": med([(r["sys_exit"]["rps"] - r[name]["rps"])
+                                             / r["untraced"]["rps"] for r in per_round])}
+              for name in ("floor", "memtrace", "export")}
+    return {"workload": {"server": version.strip(), "clients": REDIS_CLIENTS,
+                         "requests_per_test": requests, "tests": ["SET", "GET"],
+                         "address": "127.0.0.1"},
+            "rounds": rounds, "untraced_median": untraced, "arms": arms,
+            "cost_beyond_sys_exit": beyond, "per_round": per_round}
+
+
+def bpf_noise(before: dict[int, tuple[str, str]], after: dict[int, tuple[str, str]]
+              ) -> list[str]:
+    """Other tracers' programs loaded at the start or end of a run, or loaded during it."""
+    noise = foreign_programs(before) + foreign_programs(after)
+    noise += [f"{name or '?'} (id {i}, new)" for i, (name, _) in sorted(after.items())
+              if i not in before and i not in OWN_PROG_IDS]
+    return sorted(set(noise))
+
+
+def section_storm_rss(args, res: Results) -> dict:
+    """memtrace's peak RSS under an ENOMEM storm (see bench/peak_rss.py)."""
+    import peak_rss  # bench/ is this script's directory, first on sys.path
+
+    argv = memtrace_argv(args.memtrace)
+    base = argv[:argv.index("watch")] if "watch" in argv else argv  # the command, no subcommand
+    wait_quiet(args.quiet_timeout)
+    return peak_rss.measure_all(base, threads=2, seconds=5, runs=1, modes=list(peak_rss.MODES),
+                                limit_mib=200.0)
+
+
 # ---------------------------------------------------------------- report
 def _r(x: Optional[float], fmt: str = "{:.3f}") -> str:
     return "n/a" if x is None else fmt.format(x)
@@ -744,8 +970,18 @@ def table(results: dict) -> str:
                   + (f"  ({rl['pairs'] - s['total_s']['clean_pairs']} noisy pair(s) kept; "
                      f"clean-only {_r(s['total_s']['ratio_median_clean_pairs'])})"
                      if s["total_s"]["clean_pairs"] < rl["pairs"] else "")]
+    sv = results.get("server")
+    if sv:
+        lines += [""] + server_table(sv)
     mt = results["memtrace"]
     lines.append("")
+    sr = results.get("storm_rss")
+    if sr:
+        lines.append(f"peak RSS under an ENOMEM storm ({sr['threads']} threads x {sr['seconds']} s"
+                     f", limit {sr['limit_mib']:.0f} MiB): " + "; ".join(
+                         f"{r['mode']} {(r['peak_rss_kib'] or 0) / 1024:.1f} MiB (storm "
+                         f"{(r['storm'] or {}).get('enomem', 0):,} ENOMEMs, counted "
+                         f"{'exactly' if r['exact'] else r['counted']})" for r in sr["runs"]))
     if results.get("startup"):
         su = results["startup"]
         lines.append(f"startup: ready line after {_r(su['ready_s_median'])}s (median of "
@@ -776,11 +1012,37 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def server_table(sv: dict) -> list[str]:
+    w, u = sv["workload"], sv["untraced_median"]
+    lines = [f"server: {w['server'].split(' sha=')[0]}, redis-benchmark {w['clients']} clients "
+             f"x {w['requests_per_test']:,} SET + GET on {w['address']}, {sv['rounds']} rounds; "
+             f"untraced median {u['rps']:,.0f} req/s (SET {u['set_rps']:,.0f}, "
+             f"GET {u['get_rps']:,.0f})",
+             f"  {'throughput ratio (range)':24s} {'SET+GET':>22s} {'SET':>22s} {'GET':>22s}"]
+    for name in SERVER_ARMS[1:]:
+        a = sv["arms"][name]
+        cells = [f"{_r(a[k]['ratio_median'])} ({_r(a[k]['ratio_min'])}-{_r(a[k]['ratio_max'])})"
+                 for k in SERVER_KEYS]
+        noisy = sv["rounds"] - a["rps"]["clean_rounds"]
+        lines.append(f"  {name + ' / untraced':24s} " + " ".join(f"{c:>22s}" for c in cells)
+                     + (f"  ({noisy} noisy round(s) kept; clean-only "
+                        f"{_r(a['rps']['ratio_median_clean_rounds'])})" if noisy else ""))
+    b = sv["cost_beyond_sys_exit"]
+    lines.append("  cost beyond the bare sys_exit hook (points of untraced throughput; from the "
+                 "medians / median by round): " + ", ".join(
+                     f"{n} {_pp(v['from_medians'])} / {_pp(v['median_by_round'])}"
+                     for n, v in b.items()))
+    return lines
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description="memtrace's overhead benchmarks (root).")
     ap.add_argument("--pairs", type=int, default=8, help="pairs per comparison (default 8)")
     ap.add_argument("--quick", action="store_true", help="3 pairs: a smoke run")
-    ap.add_argument("--only", choices=("storm", "realistic", "startup"))
+    ap.add_argument("--only", choices=("storm", "realistic", "startup", "server", "storm_rss"))
+    ap.add_argument("--server-requests", type=int, default=None,
+                    help="redis-benchmark requests per test and run (default 200000; "
+                         "100000 with --quick)")
     ap.add_argument("--startups", type=int, default=5, help="startup runs (default 5)")
     ap.add_argument("--no-bpf-stats", action="store_true",
                     help="skip the extra storm runs with BPF run-time stats on")
@@ -796,6 +1058,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.startups = 3
     if args.pairs < 1 or args.startups < 1 or args.retries < 0:
         ap.error("--pairs and --startups must be at least 1, --retries at least 0")
+    if args.server_requests is not None and args.server_requests < 1000:
+        ap.error("--server-requests must be at least 1000")
     if os.geteuid() != 0:
         log("bench: needs root (BPF): run it with sudo")
         return 1
@@ -816,7 +1080,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         log("bench: warning: other tracers' programs are loaded and would skew the "
             f"untraced baseline: {results['env']['foreign_programs']}")
     sections = {"storm": section_storm, "realistic": section_realistic,
-                "startup": section_startup}
+                "startup": section_startup, "server": section_server,
+                "storm_rss": section_storm_rss}
     rc = 0
     try:
         for name, fn in sections.items():

@@ -136,3 +136,76 @@ def test_bad_listen_value():
                        text=True, timeout=30)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "HOST:PORT" in r.stderr
+
+
+def _stats_fds(pid: int) -> int:
+    """BPF_ENABLE_STATS fds the process holds (each keeps the kernel's BPF run-time stats on)."""
+    import os
+
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:bpf-stats"
+        except OSError:
+            continue
+    return n
+
+
+def _exporter(*extra: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    p = subprocess.Popen([MEMTRACE, "export", "--listen", f"127.0.0.1:{port}", *extra],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert p.stderr is not None
+    deadline = time.monotonic() + 60
+    line = ""
+    while "metrics on" not in line:
+        line = p.stderr.readline()
+        assert line and time.monotonic() < deadline, "memtrace export never got ready"
+    return p, port
+
+
+def _stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def test_probe_cost_counters_in_a_real_scrape():
+    p, port = _exporter("--probe-cost")
+    try:
+        assert _stats_fds(p.pid) == 1  # it holds the kernel's BPF run-time stats on
+        first = get(f"http://127.0.0.1:{port}/metrics")
+        for _ in range(2000):
+            socket.gethostname()  # a few syscalls of our own, at least
+        time.sleep(0.5)
+        text = get(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        _stop(p)
+    assert p.returncode == 0
+    assert "# TYPE memtrace_probe_runs_total counter" in text
+    assert "# TYPE memtrace_probe_run_seconds_total counter" in text
+    assert "memtrace_probe_stats_enabled 1.0" in text
+
+    def sample(body: str, name: str) -> float:
+        line = next(x for x in body.splitlines() if x.startswith(f'{name}{{probe="syscall_exit"}}'))
+        return float(line.rsplit(" ", 1)[1])
+
+    assert sample(text, "memtrace_probe_runs_total") > sample(first, "memtrace_probe_runs_total")
+    assert sample(text, "memtrace_probe_run_seconds_total") > 0
+
+
+def test_export_leaves_bpf_stats_off_by_default():
+    p, port = _exporter()
+    try:
+        assert _stats_fds(p.pid) == 0
+        text = get(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        _stop(p)
+    assert "# TYPE memtrace_probe_stats_enabled gauge" in text
+    if open("/proc/sys/kernel/bpf_stats_enabled").read().strip() == "0":  # not on for everyone
+        assert "memtrace_probe_stats_enabled 0.0" in text
+        assert "memtrace_probe_runs_total{" not in text

@@ -16,6 +16,7 @@ import yaml
 from tests.unit.fixtures import MMAP_FAIL, READY
 from tracer.model.decode import parse_gfp
 from tracer.model.failures import KernelCount, MemcgCount, Snapshot, SyscallCount
+from tracer.model.probes import ProbeCost, ProbeRun
 from tracer.run import SnapshotRequests
 from tracer.views.prometheus import MemtraceCollector, MetricsState
 
@@ -39,6 +40,9 @@ METRICS: dict[str, set[str]] = {
     "memtrace_dropped_events_total": {"reason"},
     "memtrace_label_values_cut_total": {"label"},
     "memtrace_probe_attached": {"probe", "via"},
+    "memtrace_probe_runs_total": {"probe"},  # with export --probe-cost
+    "memtrace_probe_run_seconds_total": {"probe"},
+    "memtrace_probe_stats_enabled": set(),
 }
 # Labels Prometheus adds to every scraped series.
 TARGET_LABELS = {"instance", "job"}
@@ -60,6 +64,7 @@ def exported_series() -> dict[str, set[str]]:
         ),
         memcg=(MemcgCount("/box", "max", 1),),
         drops={"ringbuf_full": 1},
+        cost=ProbeCost(1, True, (ProbeRun("syscall_exit", 10, 500),)),
     )
     requests = SnapshotRequests()
     requests.close(snap)  # no loop: every scrape gets this snapshot

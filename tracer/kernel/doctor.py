@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import time
+from typing import Optional
 
 from ..errors import HostError
 from ..host import system as host
-from ..model.probes import Examination, ProbeStatus
+from ..model.probes import CostRates, Examination, ProbeStatus, cost_rates
 from .failures import LiveSource
 
 
@@ -32,15 +34,37 @@ def examine() -> Examination:
 
     core = False
     statuses: list[ProbeStatus] = []
+    cost: Optional[CostRates] = None
+    cost_note = "not measured: the probes did not attach"
     if host.is_root() and bcc:
-        src = LiveSource(log=lambda m: None)
+        src = LiveSource(log=lambda m: None, probe_cost=True)
         try:
             ready = src.start()
             statuses = list(ready.probes)
             core = True
+            cost, cost_note = measure_cost(src, COST_SECONDS)
         except HostError as e:
             rows.append(("probes", "no", str(e)))
             statuses = list(src.statuses)
         finally:
             src.close()
-    return Examination(host.kernel_release(), tuple(rows), tuple(statuses), core)
+    return Examination(host.kernel_release(), tuple(rows), tuple(statuses), core, cost,
+                       cost_note)
+
+
+COST_SECONDS = 1.0  # how long doctor watches its own probes run on this host's activity
+
+
+def measure_cost(src: LiveSource, seconds: float) -> tuple[Optional[CostRates], str]:
+    """What the attached probes cost over `seconds` of whatever the host is doing (BPF
+    run-time stats, held on only for the measurement): the rates, or None and why not."""
+    if src.cost is None:
+        return None, "not measured"
+    before = src.cost.read()
+    if not before.counting:
+        return None, before.note
+    time.sleep(seconds)
+    rates = cost_rates(before, src.cost.read())
+    if rates is None:
+        return None, "not measured: the kernel stopped counting"
+    return rates, f"over {rates.seconds:.1f} s of this host's activity"

@@ -278,11 +278,14 @@ def _recent_table(events: Sequence[Failure], more: int) -> Table:
 
 
 def render(d: Dashboard, *, width: int = 120, height: int = 40,
-           now: Optional[float] = None) -> RenderableType:
-    """The whole dashboard, fitted to width x height, for rich.live.Live to show."""
+           now: Optional[float] = None, cost: Optional[str] = None) -> RenderableType:
+    """The whole dashboard, fitted to width x height, for rich.live.Live to show; `cost` is
+    the line saying what memtrace's own probes cost (views/cost.py), when there is one."""
     s = d.snapshot
     head: list[RenderableType] = [_header(d, now), _probe_line(d)]
     foot: list[RenderableType] = [_footer(d)]
+    if cost:
+        foot.append(Text(inert(cost), style="dim"))
     room = height - _height(Group(*head, *foot), width)
 
     body: list[RenderableType] = []
@@ -393,7 +396,7 @@ def _totals_lines(s: Snapshot) -> list[str]:
     return lines
 
 
-def render_plain(d: Dashboard, now: Optional[float] = None) -> str:
+def render_plain(d: Dashboard, now: Optional[float] = None, cost: Optional[str] = None) -> str:
     """The dashboard as plain ASCII text, for when stdout is not a terminal."""
     t = time.time() if now is None else now
     s = d.snapshot
@@ -410,10 +413,12 @@ def render_plain(d: Dashboard, now: Optional[float] = None) -> str:
         lines.append("no allocation failures yet")
     lines += _plain_tables(s, PLAIN_MAX_ROWS, d)
     lines += ["", f"{_drops_line(d)} | events received: {d.events_seen}"]
+    if cost:
+        lines.append(cost)
     return "\n".join(inert_ascii(x) for x in lines) + "\n"
 
 
-def summary_text(d: Dashboard) -> str:
+def summary_text(d: Dashboard, cost: Optional[str] = None) -> str:
     """The final summary printed when memtrace stops: every exact total, as plain text."""
     s = d.snapshot
     total = total_failures(s)
@@ -424,4 +429,6 @@ def summary_text(d: Dashboard) -> str:
     lines += _totals_lines(s)
     lines += _plain_tables(s, None, d)
     lines += ["", _drops_line(d)]
+    if cost:
+        lines.append(cost)
     return "\n".join(inert_ascii(x) for x in lines) + "\n"

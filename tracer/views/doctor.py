@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 from ..model.probes import Examination
 
@@ -29,4 +29,29 @@ def render_doctor(exam: Examination, out: TextIO = sys.stdout) -> int:
                       cell(detail))
     console.print(table)
     console.print("core probes attach: " + ("yes" if exam.core_attached else "no"))
+    _render_cost(exam, console)
     return 0 if exam.core_attached else 1
+
+
+def _render_cost(exam: Examination, console: Any) -> None:
+    """What memtrace's own probes cost on this host, from doctor's short measurement."""
+    from rich.table import Table
+
+    from .cost import cost_rows, cpu_share, events
+    from .terminal import cell
+
+    rates = exam.cost
+    if rates is None:
+        console.print(cell(f"memtrace's own cost: {exam.cost_note or 'not measured'}"))
+        return
+    table = Table(title="memtrace's own cost")
+    table.add_column("probe")
+    table.add_column("events/s", justify="right")
+    table.add_column("per event", justify="right")
+    table.add_column("CPU", justify="right")
+    for row in cost_rows(rates):
+        table.add_row(*(cell(x) for x in row))
+    console.print(table)
+    console.print(cell(f"in all: {cpu_share(rates.cpu)} of one CPU, "
+                       f"{events(rates.events_per_s)} events/s (the kernel's BPF run-time "
+                       f"stats, {exam.cost_note})"))

@@ -194,7 +194,36 @@ class MemtraceCollector:
             for p in st.ready.probes:
                 probe_f.add_metric([p.name, p.via or "none"], 1 if p.status == ATTACHED else 0)
         out.append(probe_f)
+        out.extend(_cost_families(snap))
         return out
+
+
+def _cost_families(snap: Snapshot) -> list[Any]:
+    """memtrace's own probes: the kernel's BPF run-time stats for its programs, as counters
+    (samples only while the kernel counts them: `memtrace export --probe-cost`)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    runs_f = CounterMetricFamily(
+        "memtrace_probe_runs", "Runs of memtrace's own BPF programs by probe, as the kernel "
+        "counts them while BPF run-time stats are on (memtrace export --probe-cost).",
+        labels=["probe"])
+    seconds_f = CounterMetricFamily(
+        "memtrace_probe_run_seconds", "Time spent in memtrace's own BPF programs by probe "
+        "(BPF run-time stats; memtrace export --probe-cost).", labels=["probe"])
+    on_f = GaugeMetricFamily("memtrace_probe_stats_enabled", "1 while the kernel counts the "
+                             "runs and run time of memtrace's BPF programs.")
+    cost = snap.cost
+    counting = cost is not None and cost.counting
+    if cost is not None and counting:
+        per_probe: dict[str, tuple[int, int]] = {}
+        for p in cost.probes:  # one sample per probe, however many programs it has
+            runs, ns = per_probe.get(p.probe, (0, 0))
+            per_probe[p.probe] = (runs + p.runs, ns + p.run_time_ns)
+        for name, (runs, ns) in sorted(per_probe.items()):
+            runs_f.add_metric([inert(name)], runs)
+            seconds_f.add_metric([inert(name)], ns / 1e9)
+    on_f.add_metric([], 1 if counting else 0)
+    return [runs_f, seconds_f, on_f]
 
 
 def _check_port(host: str, port: int) -> None:

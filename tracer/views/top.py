@@ -35,11 +35,13 @@ def run_top(source: Source, *, duration: Optional[float], interval: float = 1.0,
     (its failures are not diagnosed again on this host)."""
     from rich.live import Live
 
+    from .cost import CostWatch
     from .dashboard import render, render_plain, summary_text
     from .terminal import live_console
 
     replay = bool(getattr(source, "replay", False))
     board = Dashboard()
+    costs = CostWatch()  # memtrace's own probes, from the snapshots' BPF run-time stats
     is_tty = out.isatty() if terminal is None else terminal
     console = live_console(out, is_tty)
     live: Optional[Live] = None
@@ -47,13 +49,14 @@ def run_top(source: Source, *, duration: Optional[float], interval: float = 1.0,
 
     def draw() -> None:
         if live is not None:
-            live.update(render(board, width=console.width, height=console.height), refresh=True)
+            live.update(render(board, width=console.width, height=console.height,
+                               cost=costs.line()), refresh=True)
         else:
             key = (total_failures(board.snapshot), board.events_seen,
                    tuple(sorted(board.snapshot.drops.items())))
             if key != last_plain[0]:
                 last_plain[0] = key
-                out.write(render_plain(board) + "\n")
+                out.write(render_plain(board, cost=costs.line()) + "\n")
                 out.flush()
 
     def on_ready(r: Ready) -> None:
@@ -70,13 +73,15 @@ def run_top(source: Source, *, duration: Optional[float], interval: float = 1.0,
 
     def on_tick(s: Snapshot) -> None:
         board.update(s)
+        costs.update(s.cost)
         draw()
 
     def on_summary(s: Snapshot) -> None:
         board.update(s)
+        costs.update(s.cost)
         if live is not None:
             live.stop()
-        out.write(summary_text(board) + "\n")
+        out.write(summary_text(board, cost=costs.summary()) + "\n")
         out.flush()
 
     try:
