@@ -488,6 +488,10 @@ def summarise(cfg: Config) -> dict:
         "min_ratio": min(ratios) if ratios else None,
         "max_ratio": max(ratios) if ratios else None,
         "median_ratio_clean_pairs": med(clean), "clean_pairs": len(clean),
+        # The workload's own CPU seconds, traced over untraced: what the probes add to the
+        # traced process, less sensitive than wall time to a machine others keep busy.
+        "median_cpu_ratio": med([p["traced_cpu_s"] / p["untraced_cpu_s"] for p in ps
+                                 if p.get("untraced_cpu_s")]),
         "median_untraced_s": med([p["untraced_s"] for p in ps]),
         "median_traced_s": med([p["traced_s"] for p in ps]),
         "median_extra_ns_per_iter": med([p["extra_ns_per_iter"] for p in ps]),
@@ -558,6 +562,8 @@ def report(results: dict) -> str:
     lines.append("(+ns/iter: extra time per malloc+free, traced - untraced; tracer cpu s: "
                  "the tracer's own CPU during the traced loop; others: CPUs that other "
                  "processes kept busy during the loops, where measurable)")
+    lines.append("workload CPU seconds, traced/untraced (median over pairs): " + ", ".join(
+        f"{name} {fmt_ratio(s.get('median_cpu_ratio'))}" for name, s in cfgs.items()))
     lines.append("")
     lines.append("per-pair ratios (U = untraced ran first, T = traced first):")
     for name, s in cfgs.items():

@@ -184,7 +184,7 @@ install_packages() {
     # Prometheus server to scrape `memtrace export`. Their tests fail when a package is
     # missing that this distribution has (tests/needs.py), and skip only when it has none.
     local p
-    for p in chromium bpfcc-tools prometheus; do
+    for p in chromium bpfcc-tools prometheus golang-go; do
         [ -z "$(installed "$p")" ] || continue
         if apt_has "$p"; then
             OPTIONAL+=("$p")

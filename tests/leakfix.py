@@ -8,7 +8,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from tests import needs
 
@@ -63,10 +63,12 @@ class Leaky:
                 self.proc.wait()
 
 
-def start(binary: Path, env: Optional[dict] = None, ticks: int = TICKS) -> Leaky:
-    proc = subprocess.Popen([str(binary), str(LEAK_BYTES), str(PER_TICK), str(ticks),
-                             str(TICK_US)], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+def start(binary: Path, env: Optional[dict] = None, ticks: int = TICKS, *,
+          leak_bytes: int = LEAK_BYTES, per_tick: int = PER_TICK, tick_us: int = TICK_US,
+          preexec_fn: Optional[Callable[[], None]] = None) -> Leaky:
+    proc = subprocess.Popen([str(binary), str(leak_bytes), str(per_tick), str(ticks),
+                             str(tick_us)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
     fx = Leaky(proc, proc.pid)
     fx.wait_for("ready")
     return fx

@@ -1,5 +1,6 @@
 """The leak profiler's source (`memtrace leaks`): loads bpf/leaks.bpf.c for chosen processes
-and their children, attaches allocator uprobes in malloc mode, and feeds a LeakProfile."""
+and their children, or for every process on the host (growth mode), attaches allocator
+uprobes in malloc mode, and feeds a LeakProfile."""
 
 from __future__ import annotations
 
@@ -8,43 +9,132 @@ import os
 import time
 from typing import Any, Callable, Optional
 
-from ..errors import HostError
+from ..errors import HostError, UsageError
 from ..host import system as host
-from ..model.leaks import ALLOCATOR_LIBRARIES, ALLOCATORS, FREE, AllocFailure, LeakProfile
+from ..host.cgroups import CgroupResolver
+from ..model.leaks import (
+    ALLOCATOR_LIBRARIES,
+    ALLOCATORS,
+    DEFAULT_SAMPLE_BYTES,
+    FREE,
+    GREW_WINDOW,
+    GROWTH,
+    RATE_WINDOW,
+    AllocFailure,
+    LeakProfile,
+)
 from ..unwind.elf import defined_functions, first_argument_probe_offset
 from ..unwind.unwinder import ProcessUnwinders
 from . import abi
-from .btf import load_vmlinux
-from .build import leak_cflags, read_layout
+from .btf import BtfError, load_vmlinux
+from .build import CgroupFilter, leak_cflags, read_layout
 from .loader import Loaded, load
 
 Log = Callable[[str], None]
 
+# Frame names remembered per process, and stacks' sources kept: past this many, forgotten
+# (they are found again on demand).
+MAX_NAMES = 65536
+
+
+def _process_start(pid: int, proc: str = "/proc") -> Optional[float]:
+    """When the process started, in wall-clock seconds (None when it is gone)."""
+    try:
+        with open(f"{proc}/{pid}/stat") as f:
+            stat = f.read()
+        with open(f"{proc}/uptime") as f:
+            uptime = float(f.read().split()[0])
+        ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22: starttime
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
 
 class LeakSource(Loaded):
-    """`memtrace leaks`: the leak profiler's probes on chosen processes (bpf/leaks.bpf.c)."""
+    """`memtrace leaks`: the leak profiler's probes on chosen processes or on every process
+    (bpf/leaks.bpf.c)."""
 
     def __init__(self, pids: list[int], mode: str, *, log: Optional[Log] = None,
-                 fault_period: int = 64, sample: int = 1, min_size: int = 0,
-                 max_size: Optional[int] = None, min_age: float = 0.0):
+                 sample_bytes: int = DEFAULT_SAMPLE_BYTES, sample: int = 1, min_size: int = 0,
+                 max_size: Optional[int] = None, min_age: float = 0.0,
+                 all_processes: bool = False, cgroup: Optional[str] = None,
+                 rate_window: float = RATE_WINDOW, grew_window: float = GREW_WINDOW,
+                 cgroups: Optional[CgroupResolver] = None):
         self.pids = list(dict.fromkeys(pids))
+        if all_processes and self.pids:
+            raise UsageError("--all traces every process: give it without -p")
+        if cgroup is not None and not all_processes:
+            raise UsageError("--cgroup narrows --all: give --all with it")
+        if all_processes and mode != GROWTH:
+            raise UsageError("--all works in growth mode only (malloc mode probes each "
+                             "process's allocator)")
+        if not all_processes and not self.pids:
+            raise UsageError("give the processes to profile with -p PID, or --all")
         if len(self.pids) > 4:
-            raise HostError("memtrace leaks follows at most 4 processes given with -p "
-                                 "(their children are followed automatically)")
+            raise UsageError("memtrace leaks follows at most 4 processes given with -p "
+                             "(their children are followed automatically)")
+        if not 1 <= sample_bytes <= abi.LK_MAX_SAMPLE_BYTES:
+            raise UsageError(f"--sample-bytes must be between 1 and "
+                             f"{abi.LK_MAX_SAMPLE_BYTES}")
         self.mode = mode
         self.log = log or (lambda msg: None)
-        self.fault_period = fault_period
+        self.sample_bytes = sample_bytes
         self.sample = sample
         self.min_size = min_size
         self.min_age = min_age
         self.max_size = max_size
-        self.profile = LeakProfile(mode, self.pids)
+        self.all_processes = all_processes
+        self.cgroup = cgroup
+        self._cgroups = cgroups
+        self._cgroup_names: dict[int, Optional[str]] = {}
+        self.profile = LeakProfile(mode, self.pids, all_processes=all_processes,
+                                   cgroup=cgroup,
+                                   sample_bytes=sample_bytes if mode == GROWTH else None,
+                                   rate_window=rate_window, grew_window=grew_window)
         self.bpf: Any = None
         self.live: set[int] = set(self.pids)
         self.unwinders = ProcessUnwinders()
         self._key_frames: dict[tuple[int, int, int], tuple[str, ...]] = {}
+        # pid -> (frame address, exact) -> its name and source; forgotten when the process
+        # maps new code (exec, a refresh) or exits
+        self._names: dict[int, dict[tuple[int, bool], tuple[str, Optional[str]]]] = {}
         self._attached: dict[int, set[str]] = {}
+        self._lost_seen: dict[int, int] = {}
         self._clock_offset = time.time() - time.monotonic()
+
+    def done(self) -> bool:
+        """Every traced process has exited (never, with --all)."""
+        return not self.all_processes and not self.live
+
+    def _cgroup_filter(self, btf: Any) -> Optional[CgroupFilter]:
+        if self.cgroup is None:
+            return None
+        resolver = self._resolver()
+        try:
+            hierarchy, rel = resolver.resolve_user_path(self.cgroup)
+        except LookupError as e:
+            raise UsageError(str(e)) from e
+        directory = hierarchy.mount / rel.lstrip("/")
+        cgroup_id = os.stat(directory).st_ino  # the kernfs id is the directory's inode
+        self.profile.cgroup = rel
+        if hierarchy.memory:
+            try:
+                parent = btf.member_offset("cgroup_subsys_state", "parent")
+            except BtfError as e:
+                raise HostError(f"--cgroup: this kernel's BTF lacks what the cgroup "
+                                f"check needs: {e}") from e
+            return CgroupFilter(cgroup_id, 0, parent)
+        if hierarchy.version != 2:
+            raise UsageError(f"--cgroup {self.cgroup}: not a memory cgroup nor a cgroup v2 one")
+        level = len([part for part in rel.split("/") if part])
+        if level == 0:
+            return None  # the root of the v2 hierarchy holds every task
+        return CgroupFilter(cgroup_id, level, None)
+
+    def _resolver(self) -> CgroupResolver:
+        if self._cgroups is None:
+            self._cgroups = CgroupResolver()
+        return self._cgroups
 
     def start(self) -> list[str]:
         host.require_root("leak profiling")
@@ -52,14 +142,22 @@ class LeakSource(Loaded):
             if not os.path.exists(f"/proc/{pid}"):
                 raise HostError(f"no such process: {pid}")
         host.prepare_headers(self.log)
-        flags = leak_cflags(read_layout(load_vmlinux()), self.pids, self.mode,
-                            fault_period=self.fault_period, sample=self.sample,
-                            min_size=self.min_size, max_size=self.max_size)
+        btf = load_vmlinux()
+        layout = read_layout(btf)
+        cgroup = self._cgroup_filter(btf)
+        if cgroup is not None and cgroup.v2_level == 0 and "MT_HAVE_MEMCG" not in layout.features:
+            raise HostError("--cgroup: this kernel's BTF does not describe memory cgroups")
+        flags = leak_cflags(layout, self.pids, self.mode,
+                            sample_bytes=self.sample_bytes if self.mode == GROWTH else None,
+                            sample=self.sample, min_size=self.min_size, max_size=self.max_size,
+                            all_processes=self.all_processes, self_tgid=os.getpid(),
+                            cgroup=cgroup)
         self.bpf = load("leaks.bpf.c", flags, "the leak profiler")
+        self.profile.started = time.time()
         attached = []
         hooks = [("sched_process_fork", "lk_fork"), ("sched_process_exec", "lk_exec"),
                  ("sched_process_exit", "lk_exit")]
-        if self.mode == "growth":
+        if self.mode == GROWTH:
             hooks += [("sys_exit", "lk_sys_exit"), ("page_fault_user", "lk_page_fault")]
         for tp, fn in hooks:
             try:
@@ -70,7 +168,7 @@ class LeakSource(Loaded):
                 raise HostError(f"could not attach to {tp}: {e}") from e
         for pid in self.pids:
             self._unwinder(pid, refresh=True)
-            if self.mode == "growth":
+            if self.mode == GROWTH:
                 self._seed_break(pid)
             else:
                 attached += self._attach_allocator(pid)
@@ -149,26 +247,79 @@ class LeakSource(Loaded):
     def _frames(self, e: Any) -> tuple[str, ...]:
         if not e.stack_len:
             return (f"0x{e.ip:x}",) if e.ip else ("[no stack]",)
-        u = self._unwinder(e.pid)
+        pid = int(e.pid)
         stack = ct.string_at(ct.addressof(e.stack), e.stack_len)
-        rows = u.frames_with_source(e.ip, e.sp, e.bp, stack)
+        rows = self._symbolized(pid, self._unwinder(pid).unwind(e.ip, e.sp, e.bp, stack))
         if rows and "[unknown]" in rows[0][0]:
-            u = self._unwinder(e.pid, refresh=True)  # a library loaded since we last looked
-            rows = u.frames_with_source(e.ip, e.sp, e.bp, stack)
+            self._unwinder(pid, refresh=True)  # a library loaded since we last looked
+            self._names.pop(pid, None)
+            rows = self._symbolized(pid, self._unwinder(pid).unwind(e.ip, e.sp, e.bp, stack))
         frames = tuple(text for text, _ in rows)
+        if len(self.profile.sources) > MAX_NAMES:
+            self.profile.sources.clear()
         self.profile.sources.setdefault(frames, tuple(src for _, src in rows))
         return frames
 
-    def _on_event(self, _ctx: Any, data: Any, _size: int) -> None:
+    def _symbolized(self, pid: int, addrs: list[int]) -> list[tuple[str, Optional[str]]]:
+        """("function (module)", "file:line") per frame address (the first exact, the rest
+        return addresses), remembered per process: the same return addresses come back in
+        sample after sample, and naming one is most of the cost of a sample."""
+        names = self._names.setdefault(pid, {})
+        if len(names) > MAX_NAMES:
+            names.clear()
+        u = self._unwinder(pid)
+        out = []
+        for i, addr in enumerate(addrs):
+            key = (addr, i == 0)
+            row = names.get(key)
+            if row is None:
+                name, module, source = u.symbolize(addr, first=i == 0)
+                row = names[key] = (f"{name} ({module})", source)
+            out.append(row)
+        return out
+
+    def _on_event(self, _ctx: Any, data: Any, size: int) -> None:
+        if size < ct.sizeof(abi.LeakEvent) - abi.LK_STACK_BYTES:
+            self.profile.drops["short_event"] = self.profile.drops.get("short_event", 0) + 1
+            return
         e = ct.cast(data, ct.POINTER(abi.LeakEvent)).contents
+        if e.stack_len > min(abi.LK_STACK_BYTES, size - abi.LeakEvent.stack.offset):
+            e.stack_len = 0  # never read past the record
         try:
             self._handle(e)
         except Exception as exc:
             self.log(f"memtrace: could not decode a leak event: {exc}")
 
+    def _cgroup_name(self, cgroup_id: int) -> Optional[str]:
+        if not cgroup_id:
+            return None
+        if cgroup_id not in self._cgroup_names:
+            if len(self._cgroup_names) > 4096:
+                self._cgroup_names.clear()
+            self._cgroup_names[cgroup_id] = self._resolver().path(cgroup_id, memory=True)
+        return self._cgroup_names[cgroup_id]
+
+    def _who(self, e: Any) -> dict[str, Any]:
+        """The process's name, memory cgroup and start, as the event and /proc tell them."""
+        pid = int(e.pid)
+        who: dict[str, Any] = {"comm": e.comm.decode("utf-8", "replace")}
+        if e.cgroup_id:
+            who["cgroup_id"] = int(e.cgroup_id)
+            who["cgroup"] = self._cgroup_name(int(e.cgroup_id))
+        if pid not in self.profile.processes:
+            started = _process_start(pid)
+            if started is not None and self.profile.started is not None:
+                who["since"] = max(started, self.profile.started)
+        return who
+
+    def _time(self, e: Any) -> float:
+        return self._clock_offset + e.ts_ns / 1e9
+
     def _handle(self, e: Any) -> None:
         p = self.profile
         kind = e.kind
+        pid = int(e.pid)
+        t = self._time(e)
         if kind == abi.LK_EV_FORK:
             child = int(e.child_pid)
             self.live.add(child)
@@ -178,33 +329,39 @@ class LeakSource(Loaded):
                 self._attach_allocator(child)
             return
         if kind == abi.LK_EV_EXEC:
-            self._unwinder(int(e.pid), refresh=True)
+            self._names.pop(pid, None)
+            self._unwinder(pid, refresh=True)
+            p.exec(pid, t)
             if self.mode == "malloc":
-                self._attach_allocator(int(e.pid))
+                self._attach_allocator(pid)
             return
         if kind == abi.LK_EV_EXIT:
-            self.live.discard(int(e.pid))
-            p.exited.add(int(e.pid))
+            self._names.pop(pid, None)
+            self.live.discard(pid)
+            p.exit(pid, t)
             return
-        pid = int(e.pid)
-        if kind == abi.LK_EV_MMAP:
-            p.grow(pid, int(e.addr), int(e.len), self._frames(e))
+        if kind == abi.LK_EV_MMAP or kind == abi.LK_EV_BRK:
+            p.grow(pid, int(e.addr), int(e.len), self._frames(e), int(e.weight), t,
+                   **self._who(e))
         elif kind == abi.LK_EV_MUNMAP or kind == abi.LK_EV_BRK_SHRINK:
-            p.shrink(pid, int(e.addr), int(e.len))
+            p.shrink(pid, int(e.addr), int(e.len), t)
+        elif kind == abi.LK_EV_MADVISE:
+            p.shrink(pid, int(e.addr), int(e.len), t, resident_only=True)
         elif kind == abi.LK_EV_MREMAP:
-            p.move(pid, int(e.old_addr), int(e.old_len), int(e.addr), int(e.len),
-                   self._frames(e))
-        elif kind == abi.LK_EV_BRK:
-            p.grow(pid, int(e.addr), int(e.len), self._frames(e))
+            frames = self._frames(e) if e.weight else ("[no stack]",)
+            p.move(pid, int(e.old_addr), int(e.old_len), int(e.addr), int(e.len), frames,
+                   int(e.weight), t, **(self._who(e) if e.weight else {}))
         elif kind == abi.LK_EV_FAULT:
-            p.touched(pid, int(e.addr), self._frames(e), int(e.weight))
+            p.touched(pid, int(e.addr), self._frames(e), int(e.weight), t, int(e.len),
+                      **self._who(e))
         elif kind == abi.LK_EV_STACK:
             key = (int(e.key.pid), int(e.key.stack_id), int(e.key.caller))
+            p.process(key[0], t, comm=e.comm.decode("utf-8", "replace"))
             self._key_frames.setdefault(key, self._frames(e))
         elif kind == abi.LK_EV_ALLOC_FAIL:
             key = (int(e.key.pid), int(e.key.stack_id), int(e.key.caller))
             fn = ALLOCATORS[e.fn] if e.fn < len(ALLOCATORS) else str(e.fn)
-            p.failed(AllocFailure(self._clock_offset + e.ts_ns / 1e9, pid, fn, int(e.len),
+            p.failed(AllocFailure(t, pid, fn, int(e.len),
                                   self._key_frames.get(key) or self._fp_frames(key)))
 
     def _fp_frames(self, key: tuple[int, int, int]) -> tuple[str, ...]:
@@ -226,8 +383,12 @@ class LeakSource(Loaded):
         return tuple(out) or ("[unknown]",)
 
     def refresh(self) -> None:
-        """Malloc mode: outstanding bytes by stack, from the kernel's exact counters."""
-        if self.mode != "malloc" or self.bpf is None:
+        """Growth mode: sampled bytes whose events were lost; malloc mode: outstanding bytes
+        by stack, from the kernel's exact counters."""
+        if self.bpf is None:
+            return
+        if self.mode == GROWTH:
+            self._read_lost()
             return
         p = self.profile
         p.reset_outstanding()
@@ -244,14 +405,26 @@ class LeakSource(Loaded):
                     acc[1] += 1
             for key, (nbytes, count) in old.items():
                 frames = self._key_frames.get(key) or self._fp_frames(key)
-                p.set_outstanding(frames, nbytes, count)
+                p.set_outstanding(frames, nbytes, count, key[0])
         else:
             for k, v in self.bpf[b"stats"].items():
                 key = (int(k.pid), int(k.stack_id), int(k.caller))
                 frames = self._key_frames.get(key) or self._fp_frames(key)
-                p.set_outstanding(frames, int(v.bytes), int(v.count))
+                p.set_outstanding(frames, int(v.bytes), int(v.count), key[0])
         n = self.bpf[b"failures"][ct.c_int(0)].value
         p.failure_count = max(p.failure_count, int(n))
+
+    def _read_lost(self) -> None:
+        now = time.time()
+        current: dict[int, int] = {}
+        for k, v in self.bpf[b"lost"].items():
+            key, total = int(k.value), int(v.value)
+            current[key] = total
+            seen = self._lost_seen.get(key, 0)
+            if total > seen:
+                self.profile.lost(key >> 1, total - seen, bool(key & 1), now)
+        # a key gone from the map (evicted, or its process exited) starts again from 0
+        self._lost_seen = current
 
     def read_drops(self) -> None:
         if self.bpf is None:
