@@ -22,6 +22,7 @@ import pytest
 from tests import needs
 from tests import workloads as w
 from tests.e2e import installed
+from tests.e2e.tmux import complete_frame, tmux, wait_screen
 
 pytestmark = pytest.mark.e2e
 
@@ -137,62 +138,31 @@ def test_explain_shows_a_hostile_name_escaped():
 # --------------------------------------------------------------------------- the TUI
 
 
-def _tmux(sock: str, *args: str, timeout: float = 10) -> subprocess.CompletedProcess:
-    # pytest exports COLUMNS and LINES, which rich would take over the pane's real size
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    return subprocess.run(["tmux", "-S", sock, *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, env=env)
-
-
-def _screen(sock: str, session: str, history: bool = False) -> str:
-    extra = ["-S", "-"] if history else []
-    return _tmux(sock, "capture-pane", "-p", "-J", *extra, "-t", session).stdout
-
-
-def _complete_frame(screen: str) -> bool:
-    """The dashboard's whole frame is on the screen: its header first, its footer last."""
-    lines = [line for line in screen.splitlines() if line.strip()]
-    return bool(lines) and lines[0].startswith("memtrace ") and "dropped:" in lines[-1] \
-        and "Recent events" in screen
-
-
-def _wait_screen(sock: str, session: str, pred: Callable[[str], bool], timeout: float,
-                 history: bool = False) -> str:
-    deadline = time.monotonic() + timeout
-    screen = ""
-    while time.monotonic() < deadline:
-        screen = _screen(sock, session, history)
-        if pred(screen):
-            return screen
-        time.sleep(0.25)
-    pytest.fail(f"the screen never showed what was expected within {timeout}s:\n{screen}")
-
-
 def test_top_dashboard_shows_a_hostile_name_escaped_and_keeps_its_title():
     needs.program("tmux", "tmux")
     sock = os.path.join(tempfile.gettempdir(), f"memtrace-e2e-tmux-{uuid.uuid4().hex[:8]}")
     session = "top"
     cmd = f"{shlex.quote(MEMTRACE)} --duration 10; sleep 30"
-    r = _tmux(sock, "new-session", "-d", "-s", session, "-x", "160", "-y", "50", cmd)
+    r = tmux(sock, "new-session", "-d", "-s", session, "-x", "160", "-y", "50", cmd)
     assert r.returncode == 0, r.stderr
     try:
-        title = _tmux(sock, "display", "-p", "-t", session, "#{pane_title}").stdout.strip()
-        _wait_screen(sock, session, lambda s: "memtrace" in s and "probes: " in s
+        title = tmux(sock, "display", "-p", "-t", session, "#{pane_title}").stdout.strip()
+        wait_screen(sock, session, lambda s: "memtrace" in s and "probes: " in s
                      and "syscall_exit" in s, READY_TIMEOUT)
         child = run_hostile_mmap()
         row = re.compile(rf"\b{child.pid}\s+{re.escape(SHOWN)}\s")
-        screen = _wait_screen(sock, session,
-                              lambda s: _complete_frame(s) and bool(row.search(s)), 8)
+        screen = wait_screen(sock, session,
+                              lambda s: complete_frame(s) and bool(row.search(s)), 8)
         # ESC [2J would have blanked the frame; the escaped name is in the process table
         # and in the recent events
         assert screen.count(SHOWN) >= 2, screen
         assert f"pid {child.pid} ({SHOWN})" in screen, screen
-        now = _tmux(sock, "display", "-p", "-t", session, "#{pane_title}").stdout.strip()
+        now = tmux(sock, "display", "-p", "-t", session, "#{pane_title}").stdout.strip()
         assert now == title and now != "x", "the OSC sequence set the terminal's title"
-        final = _wait_screen(sock, session, lambda s: "memtrace summary" in s, 25, history=True)
+        final = wait_screen(sock, session, lambda s: "memtrace summary" in s, 25, history=True)
         summary = final[final.index("memtrace summary"):]
         assert row.search(summary.replace("|", " ")), summary
     finally:
-        _tmux(sock, "kill-server")
+        tmux(sock, "kill-server")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(sock)
