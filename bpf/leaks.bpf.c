@@ -18,6 +18,7 @@
  * numbers) and every size bound is in memtrace.h's leak profiler section. Kernel
  * struct offsets (MT_OFF_*) come from BTF as -D flags, like memtrace.bpf.c's. */
 #include "memtrace.h"
+#include "task.bpf.h"
 
 #define LK_MAP_ANONYMOUS 0x20 /* MAP_ANONYMOUS of include/uapi/asm-generic/mman-common.h */
 /* madvise advice that gives pages back (include/uapi/asm-generic/mman-common.h) */
@@ -37,46 +38,6 @@ static __always_inline void count_drop(u32 reason)
 		*v += 1;
 }
 
-static __always_inline void *read_ptr(void *base, u64 off)
-{
-	void *p = 0;
-	bpf_probe_read_kernel(&p, sizeof(p), base + off);
-	return p;
-}
-
-/* The task's memory cgroup: task->cgroups->subsys[memory] and that css's kernfs id (the
- * same chain as memtrace.bpf.c's task_memcg_id: the v1 memory cgroup on a hybrid host,
- * the v2 cgroup on a unified one). Only on sampled events and the --cgroup check. */
-static __always_inline void *task_memcg_css(void *task)
-{
-#ifdef MT_HAVE_MEMCG
-	void *cset = read_ptr(task, MT_OFF_TASK_CGROUPS);
-	if (!cset)
-		return 0;
-	return read_ptr(cset, MT_OFF_CSS_SET_SUBSYS_MEMCG);
-#else
-	return 0;
-#endif
-}
-
-static __always_inline u64 css_cgroup_id(void *css)
-{
-#ifdef MT_HAVE_MEMCG
-	if (!css)
-		return 0;
-	void *cgrp = read_ptr(css, MT_OFF_CSS_CGROUP);
-	if (!cgrp)
-		return 0;
-	void *kn = read_ptr(cgrp, MT_OFF_CGROUP_KN);
-	if (!kn)
-		return 0;
-	u64 id = 0;
-	bpf_probe_read_kernel(&id, sizeof(id), kn + MT_OFF_KERNFS_NODE_ID);
-	return id;
-#else
-	return 0;
-#endif
-}
 
 static __always_inline u64 task_memcg_id_current(void)
 {
@@ -185,17 +146,10 @@ static __always_inline void snapshot(struct lk_event *e, void *regs)
 	e->sp = reg(regs, MT_OFF_REGS_SP);
 	e->bp = reg(regs, MT_OFF_REGS_BP);
 	void *sp = (void *)e->sp;
-	if (bpf_probe_read_user(e->stack, LK_STACK_BYTES, sp) == 0)
-		e->stack_len = LK_STACK_BYTES;
-	else if (bpf_probe_read_user(e->stack, LK_STACK_BYTES / 2, sp) == 0)
-		e->stack_len = LK_STACK_BYTES / 2;
-	else if (bpf_probe_read_user(e->stack, LK_STACK_BYTES / 4, sp) == 0)
-		e->stack_len = LK_STACK_BYTES / 4;
-	else if (bpf_probe_read_user(e->stack, LK_STACK_BYTES / 8, sp) == 0)
-		e->stack_len = LK_STACK_BYTES / 8;
-	else if (bpf_probe_read_user(e->stack, 256, sp) == 0)
-		e->stack_len = 256;
-	else
+	u32 len = 0;
+	MT_COPY_STACK_TOP(e->stack, LK_STACK_BYTES, sp, len);
+	e->stack_len = len;
+	if (!len)
 		count_drop(LK_DROP_STACK_COPY);
 }
 

@@ -18,6 +18,7 @@
  * layouts never come from headers: every offset below (MT_OFF_*) is taken from the
  * running kernel's BTF by tracer/kernel/build.py and passed as a -D flag. */
 #include "memtrace.h"
+#include "task.bpf.h"
 
 /* ======================================================================== */
 /* Shared by every family: kernel constants, maps, and the helpers that fill an
@@ -82,46 +83,6 @@ static __always_inline void count_drop(u32 reason)
 	u64 *v = drops.lookup(&reason);
 	if (v)
 		*v += 1;
-}
-
-static __always_inline void *read_ptr(void *base, u64 off)
-{
-	void *p = 0;
-	bpf_probe_read_kernel(&p, sizeof(p), base + off);
-	return p;
-}
-
-/* The memory controller's css of the task: task->cgroups->subsys[memory]. */
-static __always_inline void *task_memcg_css(void *task)
-{
-#ifdef MT_HAVE_MEMCG
-	void *cset = read_ptr(task, MT_OFF_TASK_CGROUPS);
-	if (!cset)
-		return 0;
-	return read_ptr(cset, MT_OFF_CSS_SET_SUBSYS_MEMCG);
-#else
-	return 0;
-#endif
-}
-
-/* kernfs id of a cgroup_subsys_state's cgroup: css->cgroup->kn->id. */
-static __always_inline u64 css_cgroup_id(void *css)
-{
-#ifdef MT_HAVE_MEMCG
-	if (!css)
-		return 0;
-	void *cgrp = read_ptr(css, MT_OFF_CSS_CGROUP);
-	if (!cgrp)
-		return 0;
-	void *kn = read_ptr(cgrp, MT_OFF_CGROUP_KN);
-	if (!kn)
-		return 0;
-	u64 id = 0;
-	bpf_probe_read_kernel(&id, sizeof(id), kn + MT_OFF_KERNFS_NODE_ID);
-	return id;
-#else
-	return 0;
-#endif
 }
 
 /* kernfs id of the task's memory cgroup. The same chain names the v1 memory cgroup on a
@@ -559,13 +520,10 @@ static __always_inline void copy_user_stack(struct mt_event_full *full, void *re
 	if (!stack_copy_allowed(e->pid, stack_id, e->ustack_ip))
 		return;
 	void *sp = (void *)e->ustack_sp;
-	if (bpf_probe_read_user(full->stack, MT_USTACK_BYTES, sp) == 0)
-		e->ustack_len = MT_USTACK_BYTES;
-	else if (bpf_probe_read_user(full->stack, MT_USTACK_BYTES / 2, sp) == 0)
-		e->ustack_len = MT_USTACK_BYTES / 2;
-	else if (bpf_probe_read_user(full->stack, 256, sp) == 0)
-		e->ustack_len = 256;
-	else
+	u32 len = 0;
+	MT_COPY_STACK_TOP(full->stack, MT_USTACK_BYTES, sp, len);
+	e->ustack_len = len;
+	if (!len)
 		count_drop(MT_DROP_STACK_COPY);
 }
 
