@@ -1364,6 +1364,16 @@ int mt_ret_mlock_future_ok(struct pt_regs *ctx)
 	kernel_failure(ctx, MT_KIND_DECISION, 0, MT_DECISION_MEMLOCK, 0, -1, 0);
 	return 0;
 }
+
+/* int mlock_future_check(struct mm_struct *mm, unsigned long flags, unsigned long len):
+ * the same verdict before Linux 6.3 renamed it, 0 or -EAGAIN (Debian 12's 6.1 has this). */
+int mt_ret_mlock_future_check(struct pt_regs *ctx)
+{
+	if ((int)return_value(ctx) == 0)
+		return 0;
+	kernel_failure(ctx, MT_KIND_DECISION, 0, MT_DECISION_MEMLOCK, 0, -1, 0);
+	return 0;
+}
 #endif /* MT_PROBE_DECISIONS && MT_PROBE_KMEM */
 
 /* ======================================================================== */

@@ -60,8 +60,10 @@ PLAN: tuple[ProbeSpec, ...] = (
               "the memory cgroup charge verdict (try_charge_memcg): confirms `memcg_limit`",
               [Candidate("kretprobe", "try_charge_memcg", "mt_ret_try_charge_memcg")]),
     ProbeSpec("decision_memlock", "DECISIONS", False,
-              "the RLIMIT_MEMLOCK verdict for new locked mappings (mlock_future_ok)",
-              [Candidate("kretprobe", "mlock_future_ok", "mt_ret_mlock_future_ok")]),
+              "the RLIMIT_MEMLOCK verdict for new locked mappings (mlock_future_ok; "
+              "mlock_future_check before Linux 6.3)",
+              [Candidate("kretprobe", "mlock_future_ok", "mt_ret_mlock_future_ok"),
+               Candidate("kretprobe", "mlock_future_check", "mt_ret_mlock_future_check")]),
     ProbeSpec("cgroup_mkdir", "CGROUPS", False,
               "every new cgroup's id and path, so cgroups removed right after a failure are "
               "still named",
