@@ -958,31 +958,28 @@ BPF_TABLE("lru_hash", u32, struct mt_kmalloc_inner, kmalloc_inner, 1024);
 
 /* Whether a kmalloc call site lies in an allocator function that traces again. The ranges
  * are [MT_KMALLOC_LOn, MT_KMALLOC_HIn) from kallsyms (tracer/kernel/build.py). */
+#define MT_IN_KMALLOC_RANGE(ip, n) \
+	((ip) - MT_U64(MT_KMALLOC_LO##n) < MT_U64(MT_KMALLOC_HI##n) - MT_U64(MT_KMALLOC_LO##n))
+
 static __always_inline int in_kmalloc_inliner(u64 ip)
 {
-	if (ip - MT_U64(MT_KMALLOC_LO0) < MT_U64(MT_KMALLOC_HI0) - MT_U64(MT_KMALLOC_LO0))
-		return 1;
+	int in = MT_IN_KMALLOC_RANGE(ip, 0);
 #ifdef MT_KMALLOC_LO1
-	if (ip - MT_U64(MT_KMALLOC_LO1) < MT_U64(MT_KMALLOC_HI1) - MT_U64(MT_KMALLOC_LO1))
-		return 1;
+	in |= MT_IN_KMALLOC_RANGE(ip, 1);
 #endif
 #ifdef MT_KMALLOC_LO2
-	if (ip - MT_U64(MT_KMALLOC_LO2) < MT_U64(MT_KMALLOC_HI2) - MT_U64(MT_KMALLOC_LO2))
-		return 1;
+	in |= MT_IN_KMALLOC_RANGE(ip, 2);
 #endif
 #ifdef MT_KMALLOC_LO3
-	if (ip - MT_U64(MT_KMALLOC_LO3) < MT_U64(MT_KMALLOC_HI3) - MT_U64(MT_KMALLOC_LO3))
-		return 1;
+	in |= MT_IN_KMALLOC_RANGE(ip, 3);
 #endif
 #ifdef MT_KMALLOC_LO4
-	if (ip - MT_U64(MT_KMALLOC_LO4) < MT_U64(MT_KMALLOC_HI4) - MT_U64(MT_KMALLOC_LO4))
-		return 1;
+	in |= MT_IN_KMALLOC_RANGE(ip, 4);
 #endif
 #ifdef MT_KMALLOC_LO5
-	if (ip - MT_U64(MT_KMALLOC_LO5) < MT_U64(MT_KMALLOC_HI5) - MT_U64(MT_KMALLOC_LO5))
-		return 1;
+	in |= MT_IN_KMALLOC_RANGE(ip, 5);
 #endif
-	return 0;
+	return in;
 }
 
 /* 1 when this failure is the allocator's second trace of the one just recorded. */

@@ -83,6 +83,19 @@ except OSError as e:
 linger()
 """
 
+# MT_N huge mmaps, each failing with ENOMEM (overcommit): a known number of failures.
+HUGE_MMAPS = """
+n = int(os.environ["MT_N"])
+failed = 0
+for _ in range(n):
+    try:
+        mmap.mmap(-1, 1 << 46)
+    except OSError:
+        failed += 1
+report(failed=failed)
+linger()
+"""
+
 RLIMIT_AS_MMAP = """
 vm = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
 limit = vm + (64 << 20)

@@ -212,17 +212,6 @@ def test_memtrace_lowers_its_oom_score_or_says_why_not():
 # --------------------------------------------------------------------------- two at once
 
 
-MMAPS = """
-n = int(os.environ["MT_N"])
-failed = 0
-for _ in range(n):
-    try:
-        mmap.mmap(-1, 1 << 46)
-    except OSError:
-        failed += 1
-report(failed=failed)
-linger()
-"""
 
 
 def _scraped(port: int, comm: str) -> int:
@@ -249,7 +238,7 @@ def test_exporter_and_watch_side_by_side_both_count_exactly():
         watch.wait_output()
         exporter.wait_stderr("metrics on")
         comm = w.unique_comm("mt-both")
-        child = w.run_child(MMAPS, comm, env={"MT_N": str(n)})
+        child = w.run_child(w.HUGE_MMAPS, comm, env={"MT_N": str(n)})
         assert child.report["failed"] == n, child.report
         deadline = time.monotonic() + 20
         scraped = _scraped(port, comm)
