@@ -175,6 +175,16 @@ static __always_inline void zone_evidence(void *css, struct mt_host_evidence *h)
 			u64 high = read_count(zone + MT_OFF_ZONE_WATERMARK + MT_WMARK_HIGH * 8) + boost;
 			h->managed += managed;
 			h->free += read_count(zone + MT_OFF_ZONE_VM_STAT + MT_NR_FREE_PAGES * 8);
+			u32 slot = h->block_zones;
+			if (slot < MT_BLOCK_ZONES) {
+				slot &= MT_BLOCK_ZONES - 1;
+				h->block_zone[slot] = (u8)((nid << 4) | z);
+				for (int o = 0; o < MT_NR_ORDERS && o < MT_BLOCK_ORDERS; o++)
+					h->blocks[slot][o] = (u32)read_count(
+						zone + MT_OFF_ZONE_FREE_AREA + o * MT_SIZEOF_FREE_AREA +
+						MT_OFF_FREE_AREA_NR_FREE);
+				h->block_zones = slot + 1;
+			}
 			h->wmark_min += read_count(zone + MT_OFF_ZONE_WATERMARK + MT_WMARK_MIN * 8) + boost;
 			h->wmark_low += read_count(zone + MT_OFF_ZONE_WATERMARK + MT_WMARK_LOW * 8) + boost;
 			h->wmark_high += high;
@@ -736,6 +746,9 @@ static __always_inline int syscall_failed(struct bpf_raw_tracepoint_args *ctx, l
 	e->kernel_stack_id = -1;
 	copy_user_stack(full, regs, e->user_stack_id);
 	task_evidence(task, &e->task);
+	/* The zones as the first page failure inside this call saw them. */
+	if (p && matched && (p->host.flags & MT_HOST_ZONES))
+		bpf_probe_read_kernel(&e->host, sizeof(e->host), &p->host);
 	if ((nr == MT_NR_MMAP && (e->args[3] & MT_MAP_HUGETLB)) ||
 	    (nr == MT_NR_SHMGET && (e->args[2] & MT_SHM_HUGETLB)))
 		hugetlb_evidence(&e->host);
@@ -878,6 +891,25 @@ static __always_inline void kernel_failure(void *ctx, u32 kind, u64 size, u32 or
 #endif
 	kf->flags = flags;
 
+	/* A page failure: the zones' free pages, watermarks and free blocks per order as they
+	 * are now (compaction and freeing merge blocks again within milliseconds), for this
+	 * event and for the event of the syscall it happens in; once per syscall. */
+	int streamed = !(flags & MT_F_OPPORTUNISTIC) && !evidence_only;
+	int zones_read = 0;
+	scratch->host.flags = 0;
+	if (kind == MT_KIND_PAGE_ALLOC) {
+		struct mt_pending *had = (flags & MT_F_IN_SYSCALL) ? pending.lookup(&tid) : 0;
+		int needed = !had || !(had->host.flags & MT_HOST_ZONES);
+		struct mt_event *z = zeroes.lookup(&zero);
+		if ((streamed || ((flags & MT_F_IN_SYSCALL) && needed)) && z &&
+		    bpf_probe_read_kernel(&scratch->host, sizeof(scratch->host), &z->host) == 0) {
+			zone_evidence(task_memcg_css(task), &scratch->host);
+			zones_read = 1;
+		} else if (had && streamed) {
+			bpf_probe_read_kernel(&scratch->host, sizeof(scratch->host), &had->host);
+		}
+	}
+
 	if (flags & MT_F_IN_SYSCALL) {
 		struct mt_pending *p = pending.lookup(&tid);
 		if (!p) {
@@ -891,6 +923,8 @@ static __always_inline void kernel_failure(void *ctx, u32 kind, u64 size, u32 or
 			p = pending.lookup(&tid);
 		}
 		if (p) {
+			if (zones_read && !(p->host.flags & MT_HOST_ZONES))
+				bpf_probe_read_kernel(&p->host, sizeof(p->host), &scratch->host);
 			u32 n = p->n;
 			if (n < MT_MAX_LINKED) {
 				__builtin_memcpy(&p->kf[n & (MT_MAX_LINKED - 1)], kf, sizeof(*kf));
@@ -901,7 +935,7 @@ static __always_inline void kernel_failure(void *ctx, u32 kind, u64 size, u32 or
 		}
 	}
 
-	if ((flags & MT_F_OPPORTUNISTIC) || evidence_only)
+	if (!streamed)
 		return; /* counted; streamed only if its syscall then fails */
 
 	struct mt_event_full *full = new_full_event(kind == MT_KIND_PAGE_ALLOC ? MT_SLOT_PAGE
@@ -909,9 +943,9 @@ static __always_inline void kernel_failure(void *ctx, u32 kind, u64 size, u32 or
 	if (!full)
 		return;
 	struct mt_event *e = &full->e;
-	void *css = event_header(e, task, kind);
-	if (kind == MT_KIND_PAGE_ALLOC)
-		zone_evidence(css, &e->host);
+	event_header(e, task, kind);
+	if (scratch->host.flags & MT_HOST_ZONES)
+		bpf_probe_read_kernel(&e->host, sizeof(e->host), &scratch->host);
 	e->flags = flags;
 	e->kernel_stack_id = kf->kernel_stack_id;
 	e->user_stack_id = (flags & MT_F_KTHREAD) ? -1 : user_stack(ctx);

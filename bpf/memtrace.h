@@ -185,6 +185,10 @@ struct mt_memcg_evidence {
  * passes the running kernel's numbers; these bound them). */
 #define MT_MAX_NODES 4
 #define MT_MAX_ZONES 8
+/* Zones (with pages) whose free blocks per order are kept, and the orders kept for each
+ * (the build passes the running kernel's NR_PAGE_ORDERS, 11 on x86-64). */
+#define MT_BLOCK_ZONES 8
+#define MT_BLOCK_ORDERS 16
 /* VMAs a range check follows, and levels of the VMA tree (maple tree) it descends: a
  * range over more mappings, or a tree deeper than this, is left unchecked. */
 #define MT_RANGE_VMAS 8
@@ -221,6 +225,13 @@ struct mt_host_evidence {
 	__u64 huge_surplus;    /*   and surplus (overcommitted) ones */
 	__u32 huge_order;      /* its page order (9: 2 MiB) */
 	__u32 flags;           /* MT_HOST_* */
+	/* MT_HOST_ZONES: the free blocks of each populated zone, per order (zone i is
+	 * block_zone[i] = node << 4 | zone index, for i < block_zones), as /proc/buddyinfo
+	 * shows them, read at the failure: after it, freed memory merges into big blocks again */
+	__u32 block_zones;
+	__u8 block_zone[MT_BLOCK_ZONES];
+	__u32 blocks[MT_BLOCK_ZONES][MT_BLOCK_ORDERS];
+	__u32 blocks_pad;
 };
 
 /* Everything user space learns about one failure: the `events` ring buffer's record. */
@@ -303,6 +314,7 @@ struct mt_pending {
 	__u32 n;
 	__u32 pad;
 	struct mt_kfail kf[MT_MAX_LINKED];
+	struct mt_host_evidence host; /* read at the first page failure inside the syscall */
 };
 
 /* ================== leak profiler (bpf/leaks.bpf.c, tracer/kernel/leaks.py) ================== */

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import errno
 import signal
+from pathlib import Path
 
 import pytest
 
 from tests import workloads as w
+from tracer.host.state import parse_buddyinfo
 from tracer.kernel.btf import load_vmlinux
 from tracer.kernel.build import BuildOptions
 from tracer.kernel.failures import LiveSource
@@ -114,6 +116,17 @@ def test_pipe_growth_in_tight_memcg_links_page_and_slab_failures(live):
         (8, path, comm, "fcntl")]
     assert page_events[0].gfp is not None and page_events[0].gfp.accounted
     assert any(f.kind == "slab" and f.size for f in mine)
+    # the zones as the page allocator left them at that failure, in the page's own event and
+    # in its syscall's: free blocks per order of every zone, as /proc/buddyinfo names them
+    zones_now = parse_buddyinfo(Path("/proc/buddyinfo").read_text())
+    free_now = sum(n << o for b in zones_now.values() for o, n in enumerate(b))
+    for h in (call.host, page_events[0].host):
+        assert h is not None and h.free is not None and h.free_blocks is not None
+        assert set(h.free_blocks) == set(zones_now)
+        assert all(len(b) == len(zones_now[z]) for z, b in h.free_blocks.items())
+        in_blocks = sum(n << o for b in h.free_blocks.values() for o, n in enumerate(b))
+        assert abs(in_blocks * 4096 - h.free) <= h.free // 20, (in_blocks * 4096, h.free)
+        assert abs(in_blocks - free_now) < free_now // 4
     # exact counters: a kernel failure that made its syscall fail is a failure, not an attempt
     snap = Filter(pids=frozenset({child.pid})).snapshot(live.src.snapshot())
     assert page_alloc_by_order(snap, opportunistic=False) == [

@@ -254,6 +254,10 @@ def test_oom_kill_carries_free_memory_and_watermarks_at_the_kill(live):
     # not initialised yet, which no zone holds: the zones are what the allocator checks)
     free_now = sum(z["free"] for z in zones) * 4096
     assert abs(h.free - free_now) < h.managed // 4
+    # and the free blocks per order of every zone, in the kernel's own sum
+    assert h.free_blocks is not None and len(h.free_blocks) == len(zones)
+    in_blocks = sum(n << o for b in h.free_blocks.values() for o, n in enumerate(b)) * 4096
+    assert abs(in_blocks - h.free) <= h.free // 20
 
 
 # -- stacks through code without frame pointers, named after the process is gone ---------------

@@ -199,6 +199,64 @@ def test_an_order0_page_failure_below_min_is_exhaustion_as_of_the_failure():
     assert found.cause == "exhaustion" and found.evidence["mem_free"] == 12 * MiB
 
 
+def test_an_oom_kill_quotes_free_memory_and_min_watermarks_of_the_moment():
+    later = HostState(mem_total=958 * MiB, mem_free=700 * MiB,
+                      min_watermark={"node 0 zone DMA32": 999})
+    at_kill = HostAtFailure(free=20 * MiB, available=31 * MiB, min_watermark=16 * MiB)
+    found = diagnose(_oom(at_kill), Evidence(host_as_of(later, at_kill)))
+    assert found.evidence["mem_free"] == 20 * MiB
+    assert found.evidence["min_watermark_pages"] == 16 * MiB // 4096
+    assert found.evidence["captured"] is True
+    assert "20 MiB free against min watermarks of 16 MiB" in found.explanation
+    old = diagnose(_oom(None), Evidence(later))  # a recording without the capture
+    assert (old.evidence["mem_free"], old.evidence["min_watermark_pages"]) == (700 * MiB, 999)
+    assert old.evidence["captured"] is False
+
+
+def _blocks_evidence(zones: dict[tuple[int, int], list[int]]) -> abi.HostEvidence:
+    h = abi.HostEvidence(free=sum(n << o for b in zones.values() for o, n in enumerate(b)),
+                         managed=1 << 18, flags=abi.HOST_ZONES)
+    for i, ((node, zone), blocks) in enumerate(zones.items()):
+        h.block_zone[i] = node << 4 | zone
+        for o, n in enumerate(blocks):
+            h.blocks[i][o] = n
+    h.block_zones = len(zones)
+    return h
+
+
+def test_free_blocks_per_zone_are_named_as_buddyinfo_names_them():
+    names = {0: "DMA", 1: "DMA32", 2: "Normal"}
+    h = _blocks_evidence({(0, 0): [1, 0, 2] + [0] * 7 + [3], (0, 1): [5] * 11,
+                          (1, 2): [7, 6] + [0] * 9})
+    got = host_at_failure(h, zone_names=names, orders=11)
+    assert got is not None and got.free_blocks == {
+        "node 0 zone DMA": (1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3),
+        "node 0 zone DMA32": (5,) * 11, "node 1 zone Normal": (7, 6) + (0,) * 9}
+    # an unknown zone index is still shown; the slots kept never exceed the record's
+    h.block_zone[0] = 0 << 4 | 9
+    h.block_zones = 200
+    got = host_at_failure(h, zone_names=names, orders=99)
+    assert got is not None and got.free_blocks is not None
+    assert "node 0 zone #9" in got.free_blocks and len(got.free_blocks) <= abi.MT_BLOCK_ZONES
+    assert all(len(b) == abi.MT_BLOCK_ORDERS for b in got.free_blocks.values())
+
+
+def test_fragmentation_is_judged_on_the_blocks_of_the_moment():
+    # read later, memory has merged again into order-10 blocks: nothing to see
+    later = HostState(mem_total=1536 * MiB, mem_free=900 * MiB, free_blocks={
+        "node 0 zone DMA": (0,) * 10 + (3,), "node 0 zone DMA32": (10,) * 10 + (200,)})
+    moment = host_at_failure(_blocks_evidence({
+        (0, 0): [0] * 10 + [3],                  # ZONE_DMA keeps its few big blocks back
+        (0, 1): [90000, 40000, 100] + [0] * 8}), zone_names={0: "DMA", 1: "DMA32"})
+    f = Failure(time=0.0, kind="page_alloc", pid=7, tid=7, comm="x", cgroup=None, cgroup_id=0,
+                order=10, size=4 << 20, host=moment)
+    assert diagnose(f, Evidence(later)).cause != "fragmentation"
+    found = diagnose(f, Evidence(host_as_of(later, moment)))
+    assert found.cause == "fragmentation", found
+    assert found.evidence["free_blocks"] == {"node 0 zone DMA32": [90000, 40000, 100] + [0] * 8}
+    assert found.evidence["free_pages"] == 90000 + 80000 + 400
+
+
 def test_the_huge_page_pool_as_it_was():
     later = HostState(hugepages_total=2, hugepages_free=2, hugepage_size=2 * MiB)
     at_failure = HostAtFailure(hugepages_total=0, hugepages_free=0, hugepages_reserved=0,

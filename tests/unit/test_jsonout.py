@@ -107,19 +107,25 @@ def test_host_at_the_failure_round_trips():
 
     h = HostAtFailure(free=64 << 20, available=80 << 20, min_watermark=32 << 20,
                       low_watermark=40 << 20, high_watermark=48 << 20, managed=1 << 30,
-                      range_mapped=False)
+                      range_mapped=False,
+                      free_blocks={"node 0 zone DMA32": (5, 4, 0), "node 0 zone Normal": (1,)})
     f = dataclasses.replace(MMAP_FAIL, host=h)
     obj = json.loads(jsonout.dumps(jsonout.failure_obj(f)))
     assert obj["host"] == {"free": 64 << 20, "available": 80 << 20, "min_watermark": 32 << 20,
                            "low_watermark": 40 << 20, "high_watermark": 48 << 20,
-                           "managed": 1 << 30, "range_mapped": False}
+                           "managed": 1 << 30, "range_mapped": False,
+                           "free_blocks": {"node 0 zone DMA32": [5, 4, 0],
+                                           "node 0 zone Normal": [1]}}
     _ready, failures = read_recording([jsonout.dumps(jsonout.ready_obj(READY)),
                                        jsonout.dumps(obj)])
     assert failures[0].host == h
     assert json.loads(jsonout.dumps(jsonout.failure_obj(MMAP_FAIL)))["host"] is None
 
 
-@pytest.mark.parametrize("host", [[], {"free": "x"}, {"range_mapped": 1}])
+@pytest.mark.parametrize("host", [[], {"free": "x"}, {"range_mapped": 1},
+                                  {"free_blocks": []}, {"free_blocks": {"z": [1, -2]}},
+                                  {"free_blocks": {"z": "12"}}, {"free_blocks": {"z": [True]}},
+                                  {"free_blocks": {f"z{i}": [1] for i in range(100)}}])
 def test_a_malformed_host_is_one_line_error(host):
     obj = jsonout.failure_obj(MMAP_FAIL)
     obj["host"] = host

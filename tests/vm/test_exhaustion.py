@@ -58,5 +58,6 @@ def test_global_oom_kill_is_exhaustion_and_memtrace_survives_it(watcher, tmp_pat
     high_bytes = sum(z["high"] for z in zones.values()) * 4096
     dma_bytes = sum(z["managed"] for name, z in zones.items() if name.endswith("zone DMA")) * 4096
     assert "mem_free" in ev and "min_watermark_pages" in ev, ev
-    assert ev["min_watermark_pages"] == min_pages
+    # (the min watermarks as the kernel used them: a watermark boost raises them for a while)
+    assert min_pages <= ev["min_watermark_pages"] <= sum(z["high"] for z in zones.values())
     assert ev["mem_free"] <= high_bytes + dma_bytes, (ev["mem_free"], high_bytes, dma_bytes)

@@ -94,6 +94,8 @@ def host_as_of(host: HostState, captured: Optional[HostAtFailure]) -> HostState:
     if captured.free is not None:
         changes.update(mem_free=captured.free, min_watermark={
             "all zones, at the failure": (captured.min_watermark or 0) // host.page_size})
+    if captured.free_blocks:
+        changes["free_blocks"] = captured.free_blocks
     if captured.available is not None:
         changes["mem_available"] = captured.available
     if captured.hugepages_total is not None and captured.hugepage_size == host.hugepage_size:

@@ -711,12 +711,17 @@ def diagnose_oom(f: Failure, ev: Evidence) -> Finding:
                        f"its memory limit{limit}: raise its {_memcg_setting(cg)} or use less",
                        facts, CONFIRMED if constraint else INFERRED)
     if constraint == "CONSTRAINT_NONE":
+        h = ev.host
+        min_pages = sum(h.min_watermark.values())
         return Finding("exhaustion",
-                       f"the whole machine ran out of memory ({_b(ev.host.mem_available)} "
-                       f"available of {_b(ev.host.mem_total)}) and the kernel killed pid "
-                       f"{f.pid} ({f.comm}): add memory or swap, or find what grew",
-                       {**facts, "mem_available": ev.host.mem_available,
-                        "mem_total": ev.host.mem_total}, CONFIRMED)
+                       f"the whole machine ran out of memory ({_b(h.mem_free)} free against "
+                       f"min watermarks of {_b(min_pages * h.page_size)}, "
+                       f"{_b(h.mem_available)} available of {_b(h.mem_total)}) and the kernel "
+                       f"killed pid {f.pid} ({f.comm}): add memory or swap, or find what grew",
+                       {**facts, "mem_free": h.mem_free, "min_watermark_pages": min_pages,
+                        "mem_available": h.mem_available, "mem_total": h.mem_total,
+                        "captured": f.host is not None and f.host.free is not None},
+                       CONFIRMED)
     return Finding("unknown", f"OOM kill with constraint {constraint or 'unknown'}: no rule "
                    "matches (e.g. a cpuset or mempolicy constraint)", facts)
 

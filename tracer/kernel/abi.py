@@ -34,6 +34,8 @@ MT_MAX_LINKED = C["MT_MAX_LINKED"]
 MT_COMM_LEN = C["MT_COMM_LEN"]
 MT_NAME_LEN = C["MT_NAME_LEN"]
 MT_MSG_LEN = C["MT_MSG_LEN"]
+MT_BLOCK_ZONES = C["MT_BLOCK_ZONES"]
+MT_BLOCK_ORDERS = C["MT_BLOCK_ORDERS"]
 
 KIND_NAMES = {
     C["MT_KIND_SYSCALL"]: "syscall",
@@ -144,6 +146,10 @@ class HostEvidence(ct.Structure):
         ("huge_surplus", ct.c_uint64),
         ("huge_order", ct.c_uint32),
         ("flags", ct.c_uint32),
+        ("block_zones", ct.c_uint32),
+        ("block_zone", ct.c_uint8 * MT_BLOCK_ZONES),
+        ("blocks", (ct.c_uint32 * MT_BLOCK_ORDERS) * MT_BLOCK_ZONES),
+        ("blocks_pad", ct.c_uint32),
     ]
 
 
@@ -231,7 +237,8 @@ class KFailKey(ct.Structure):
 class Pending(ct.Structure):
     """struct mt_pending (kernel-side only: mirrored so its layout is checked too)"""
 
-    _fields_ = [("n", ct.c_uint32), ("pad", ct.c_uint32), ("kf", KFail * MT_MAX_LINKED)]
+    _fields_ = [("n", ct.c_uint32), ("pad", ct.c_uint32), ("kf", KFail * MT_MAX_LINKED),
+                ("host", HostEvidence)]
 
 
 def cstr(raw: bytes) -> str:

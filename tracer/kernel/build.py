@@ -41,6 +41,13 @@ class Layout:
     features: frozenset[str]  # MT_HAVE_* the kernel supports
     gfp_bits: Mapping[str, int]
     notes: tuple[str, ...] = ()
+    zone_names: Mapping[int, str] = field(default_factory=dict)  # zone index -> buddyinfo name
+
+
+# enum zone_type's enumerators as /proc/buddyinfo and /proc/zoneinfo name them (zone_names[]
+# in mm/page_alloc.c); which exist depends on the kernel's configuration.
+_ZONE_NAMES = {"ZONE_DMA": "DMA", "ZONE_DMA32": "DMA32", "ZONE_NORMAL": "Normal",
+               "ZONE_HIGHMEM": "HighMem", "ZONE_MOVABLE": "Movable", "ZONE_DEVICE": "Device"}
 
 
 def _kallsyms_has(name: str) -> bool:
@@ -156,6 +163,10 @@ def read_layout(btf: Btf, have_task_pt_regs: Optional[bool] = None) -> Layout:
         d["MT_OFF_ZONE_WATERMARK_BOOST"] = btf.member_offset("zone", "watermark_boost")
         d["MT_OFF_ZONE_LOWMEM_RESERVE"] = btf.member_offset("zone", "lowmem_reserve")
         d["MT_OFF_ZONE_VM_STAT"] = btf.member_offset("zone", "vm_stat")
+        d["MT_OFF_ZONE_FREE_AREA"] = btf.member_offset("zone", "free_area")
+        d["MT_SIZEOF_FREE_AREA"] = btf.sizeof("free_area")
+        d["MT_OFF_FREE_AREA_NR_FREE"] = btf.member_offset("free_area", "nr_free")
+        d["MT_NR_ORDERS"] = btf.member_size("zone", "free_area") // btf.sizeof("free_area")
         for item in ("NR_FREE_PAGES", "NR_INACTIVE_FILE", "NR_ACTIVE_FILE",
                      "NR_SLAB_RECLAIMABLE_B", "NR_KERNEL_MISC_RECLAIMABLE", "WMARK_MIN",
                      "WMARK_LOW", "WMARK_HIGH"):
@@ -242,7 +253,8 @@ def read_layout(btf: Btf, have_task_pt_regs: Optional[bool] = None) -> Layout:
                      "(the allocator's addresses are hidden)")
 
     gfp_bits = btf.enumerators("___GFP_")
-    return Layout(d, frozenset(features), gfp_bits, tuple(notes))
+    zones = {v: _ZONE_NAMES[k] for k, v in btf.enumerators("ZONE_").items() if k in _ZONE_NAMES}
+    return Layout(d, frozenset(features), gfp_bits, tuple(notes), zones)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import gc
 import os
 import re
 import time
-from typing import Any, Callable, Deque, Optional
+from typing import Any, Callable, Deque, Mapping, Optional
 
 from .. import __version__
 from ..errors import HostError
@@ -98,7 +98,21 @@ def task_state(t: abi.TaskEvidence, unmapped_area_failed: bool, page_size: int =
 _NO_LIMIT_PAGES = 1 << 50
 
 
-def host_at_failure(h: abi.HostEvidence, page_size: int = 4096) -> Optional[HostAtFailure]:
+def free_blocks(h: abi.HostEvidence, zone_names: Mapping[int, str], orders: int
+                ) -> dict[str, tuple[int, ...]]:
+    """The free blocks per order of each zone, named as /proc/buddyinfo names them."""
+    out: dict[str, tuple[int, ...]] = {}
+    orders = max(1, min(orders, abi.MT_BLOCK_ORDERS))
+    for i in range(min(int(h.block_zones), abi.MT_BLOCK_ZONES)):
+        node, zone = int(h.block_zone[i]) >> 4, int(h.block_zone[i]) & 0xF
+        name = f"node {node} zone {zone_names.get(zone, f'#{zone}')}"
+        out[name] = tuple(int(n) for n in h.blocks[i][:orders])
+    return out
+
+
+def host_at_failure(h: abi.HostEvidence, page_size: int = 4096,
+                    zone_names: Optional[Mapping[int, str]] = None, orders: int = 11
+                    ) -> Optional[HostAtFailure]:
     """The fast-changing memory state the kernel side read at the failure, in bytes; MemAvailable
     computed from it as si_mem_available() does."""
     flags = int(h.flags)
@@ -115,7 +129,8 @@ def host_at_failure(h: abi.HostEvidence, page_size: int = 4096) -> Optional[Host
         zones = dict(free=int(h.free) * page_size, available=available * page_size,
                      min_watermark=int(h.wmark_min) * page_size, low_watermark=low * page_size,
                      high_watermark=int(h.wmark_high) * page_size,
-                     managed=int(h.managed) * page_size)
+                     managed=int(h.managed) * page_size,
+                     free_blocks=free_blocks(h, zone_names or {}, orders))
     huge: dict[str, Any] = {}
     if flags & abi.HOST_HUGETLB and int(h.huge_order) < 40:
         huge = dict(hugepages_total=int(h.huge_total), hugepages_free=int(h.huge_free),
@@ -390,6 +405,13 @@ class LiveSource(Loaded):
     def _wall(self, ts_ns: int) -> float:
         return self._clock_offset + ts_ns / 1e9
 
+    def _host_at_failure(self, h: abi.HostEvidence) -> Optional[HostAtFailure]:
+        layout = self.layout
+        if layout is None:
+            return host_at_failure(h)
+        return host_at_failure(h, zone_names=layout.zone_names,
+                               orders=layout.defines.get("MT_NR_ORDERS", 11))
+
     def _cgroup(self, memcg_id: int) -> Optional[str]:
         return self.resolver.path(memcg_id, memory=True)
 
@@ -511,7 +533,7 @@ class LiveSource(Loaded):
             self.memcg.watch(cgroup)
         common: dict[str, Any] = dict(time=self._wall(e.ts_ns), pid=int(e.pid), tid=int(e.tid), comm=comm,
                       cgroup=cgroup, cgroup_id=int(e.memcg_id), ts_ns=int(e.ts_ns),
-                      memcg=self._memcg_state(e.memcg, cgroup), host=host_at_failure(e.host))
+                      memcg=self._memcg_state(e.memcg, cgroup), host=self._host_at_failure(e.host))
         if kind == "syscall":
             return self._syscall_failures(e, common, stack)
         if kind == "oom_kill":

@@ -74,6 +74,8 @@ class HostAtFailure:
     hugepages_surplus: Optional[int] = None
     hugepage_size: Optional[int] = None  # bytes
     range_mapped: Optional[bool] = None  # range syscalls: was all of [addr, addr+len) mapped?
+    # free blocks per order of each zone ("node N zone NAME", as /proc/buddyinfo names it)
+    free_blocks: Optional[Mapping[str, tuple[int, ...]]] = None
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,10 @@ _HOST_FIELDS = tuple(f.name for f in dataclasses.fields(HostAtFailure))
 def _host_obj(h: Optional[HostAtFailure]) -> Optional[dict[str, Any]]:
     if h is None:
         return None
-    return {name: getattr(h, name) for name in _HOST_FIELDS if getattr(h, name) is not None}
+    out = {name: getattr(h, name) for name in _HOST_FIELDS if getattr(h, name) is not None}
+    if h.free_blocks is not None:
+        out["free_blocks"] = {zone: list(blocks) for zone, blocks in h.free_blocks.items()}
+    return out
 
 
 def failure_obj(f: Failure) -> dict[str, Any]:
@@ -249,6 +252,20 @@ def _memcg_from_json(obj: Mapping[str, Any]) -> Optional[MemcgState]:
                       nearest_limit=_opt_int(m, "nearest_limit"), nearest_levels_up=levels or 0)
 
 
+def _free_blocks(v: Any) -> Optional[dict[str, tuple[int, ...]]]:
+    if v is None:
+        return None
+    if not isinstance(v, dict) or len(v) > 64:
+        raise _Malformed("host.free_blocks is not an object of zones")
+    out: dict[str, tuple[int, ...]] = {}
+    for zone, blocks in v.items():
+        if not isinstance(blocks, list) or len(blocks) > 64 or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in blocks):
+            raise _Malformed("host.free_blocks has a zone that is not a list of counts")
+        out[str(zone)] = tuple(blocks)
+    return out
+
+
 def _host_from_json(obj: Mapping[str, Any]) -> Optional[HostAtFailure]:
     h = obj.get("host")
     if h is None:
@@ -262,6 +279,8 @@ def _host_from_json(obj: Mapping[str, Any]) -> Optional[HostAtFailure]:
             if v is not None and not isinstance(v, bool):
                 raise _Malformed("host.range_mapped is not true or false")
             values[name] = v
+        elif name == "free_blocks":
+            values[name] = _free_blocks(h.get(name))
         else:
             values[name] = _opt_int(h, name)
     return HostAtFailure(**values)
