@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from .decode import Gfp
+from .leaks import GrowingProcess, Growth
 from .probes import ProbeCost, ProbeStatus
 
 KINDS = ("syscall", "page_alloc", "slab", "vmalloc", "percpu", "oom_kill", "memcg")
@@ -109,6 +110,9 @@ class Failure:
     explanation: Optional[str] = None  # the diagnosis: one actionable sentence
     evidence: Mapping[str, Any] = field(default_factory=dict)  # the numbers behind `cause`
     confidence: Optional[str] = None  # "confirmed" (kernel decision point) or "inferred"
+    # oom_kill: what grew in the minutes before it, from the growth kept in memory at the
+    # kill: the victim's top stacks first, then (a memory cgroup OOM) the cgroup's others
+    grew: tuple[Growth, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,7 @@ class Snapshot:
     memcg: tuple[MemcgCount, ...] = ()
     drops: Mapping[str, int] = field(default_factory=dict)
     cost: Optional[ProbeCost] = None  # memtrace's own probes (BPF run-time stats), when read
+    growing: tuple[GrowingProcess, ...] = ()  # the processes growing fastest, when tracked
 
 
 @dataclass(frozen=True)
