@@ -733,6 +733,16 @@ def diagnose(f: Failure, ev: Evidence) -> Finding:
         return diagnose_oom(f, ev)
     if f.kind == "memcg":
         cg = ev.cgroup
+        if f.detail.get("event") == "high":  # v2 memory.high: a throttle, not a limit hit
+            return Finding("memcg_limit",
+                           f"cgroup {f.cgroup} exceeded its memory.high "
+                           f"(high +{f.detail.get('increase')}): the kernel throttled and "
+                           "reclaimed the cgroup's allocations; not a failure by itself"
+                           + (f" ({_b(cg.usage)} used, memory.max {_b(cg.limit)})" if cg else "")
+                           + "; raise its memory.high if this is expected load",
+                           {"cgroup": f.cgroup, "event": "high",
+                            "increase": f.detail.get("increase"),
+                            "usage": cg.usage if cg else None, "limit": cg.limit if cg else None})
         return Finding("memcg_limit",
                        f"cgroup {f.cgroup} hit its memory limit ({f.detail.get('event')} "
                        f"+{f.detail.get('increase')})"

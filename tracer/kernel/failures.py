@@ -646,6 +646,8 @@ class LiveSource(Loaded):
             name = abi.DROP_NAMES.get(int(k.value))
             if name:
                 drops[name] = int(sum(v))
+        if self.memcg.left_out:  # limited cgroups beyond what one poll reads
+            drops["memcg_not_polled"] = self.memcg.left_out
         memcg = tuple(MemcgCount(c, ev, n) for c, ev, n in self.memcg.totals())
         cost = self.cost.read() if self.cost is not None else None
         return self.filter.snapshot(Snapshot(tuple(syscalls), tuple(kernel), memcg, drops, cost))
