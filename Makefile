@@ -33,11 +33,17 @@ $(STAMP): pyproject.toml
 run: setup ## run memtrace: sudo make run ARGS="--help"
 	$(VENV)/bin/memtrace $(ARGS)
 
-test: setup ## run all test tiers (unit, bpf, e2e, deploy); each runs even if one failed
+test: setup ## run all test tiers (unit, bpf, e2e, deploy, vm); each runs even if one failed
 	@failed=""; \
-	for tier in unit bpf e2e deploy; do \
-	  echo "=== pytest -m $$tier ==="; \
-	  rc=0; $(PY) -m pytest -m $$tier -q $(PYTEST_ARGS) || rc=$$?; \
+	for tier in unit bpf e2e deploy vm; do \
+	  rc=0; \
+	  if [ $$tier = vm ]; then \
+	    echo "=== the VM tier: tests/vm/run_vm.py ==="; \
+	    $(PY) tests/vm/run_vm.py || rc=$$?; \
+	  else \
+	    echo "=== pytest -m $$tier ==="; \
+	    $(PY) -m pytest -m $$tier -q $(PYTEST_ARGS) || rc=$$?; \
+	  fi; \
 	  case $$rc in \
 	    0) echo "--- $$tier: ok" ;; \
 	    5) echo "--- $$tier: no tests collected" ;; \

@@ -34,6 +34,9 @@ DEFAULT_TESTS = ("tests/bpf/test_live.py", "tests/bpf/test_causes.py",
                  "tests/vm/test_fragmentation.py", "tests/vm/test_kernel_allocation.py")
 MEMORY = os.environ.get("MEMTRACE_VM_MEMORY", "1536M")  # bounded: the guest OOMs on purpose
 CPUS = os.environ.get("MEMTRACE_VM_CPUS", "2")
+# Memory nodes: two, so that a process bound to one (test_kernel_allocation.py) can run its
+# node out of memory while the other keeps the rest of the machine going.
+NODES = int(os.environ.get("MEMTRACE_VM_NODES", "2"))
 TIMEOUT = float(os.environ.get("MEMTRACE_VM_TIMEOUT", str(25 * 60)))
 KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\] ")  # a kernel message on the guest console
 SCRIPT_START = "virtme-ng-init: starting script"
@@ -111,7 +114,27 @@ def vng_command(guest: Guest, out: Path, pytest_args: list[str]) -> list[str]:
            "-e", shlex.join(inner)]
     if not guest.kvm:
         cmd.insert(1, "--disable-kvm")
+    cmd[-2:-2] = numa_options(MEMORY, int(CPUS), NODES)
     return cmd
+
+
+def numa_options(memory: str, cpus: int, nodes: int) -> list[str]:
+    """virtme-ng's --numa options: `memory` ("1536M") split evenly over `nodes` nodes, each
+    node a contiguous share of the CPUs (a node may have none)."""
+    m = re.fullmatch(r"(\d+)([MG])", memory)
+    if nodes <= 1 or not m:
+        return []
+    mib = int(m.group(1)) * (1024 if m.group(2) == "G" else 1)
+    if mib % nodes:
+        raise VMError(f"{memory} does not split evenly over {nodes} memory nodes")
+    out = []
+    for node in range(nodes):
+        spec = f"{mib // nodes}M"
+        mine = list(range(node * cpus // nodes, (node + 1) * cpus // nodes))
+        if mine:
+            spec += f",cpus={mine[0]}-{mine[-1]}" if len(mine) > 1 else f",cpus={mine[0]}"
+        out += ["--numa", spec]
+    return out
 
 
 class ConsoleCopy(threading.Thread):
@@ -147,7 +170,7 @@ def run(pytest_args: list[str]) -> int:
     cmd = vng_command(guest, OUT, args)
     env = {**os.environ, "PATH": f"{guest.vng.parent}:{os.environ.get('PATH', '')}"}
     print(f"test-vm: booting {guest.kernel} ({'KVM' if guest.kvm else 'TCG, no KVM'}, "
-          f"{MEMORY}, {CPUS} CPUs); results in {OUT}", flush=True)
+          f"{MEMORY}, {CPUS} CPUs, {NODES} memory nodes); results in {OUT}", flush=True)
     started = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=str(OUT), env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
