@@ -38,7 +38,9 @@ class Recorder:
 
 @pytest.fixture(scope="module")
 def live() -> Iterator[Recorder]:
-    src = LiveSource(Filter(), log=lambda m: print(m, file=sys.stderr))
+    # Full depth: these tests check every kind a failure shows, slab hooks included (the
+    # adaptive default is tested on its own in test_depth.py).
+    src = LiveSource(Filter(), log=lambda m: print(m, file=sys.stderr), slab_hooks="always")
     src.start()
     try:
         yield Recorder(src)

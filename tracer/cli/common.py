@@ -62,6 +62,18 @@ def oom_score_option(f: Callable[..., Any]) -> Callable[..., Any]:
              "lower), so the OOM killer picks other processes first; -1000 exempts it.")(f)
 
 
+def slab_hooks_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--slab-hooks: the slab tracepoints fire on every kmalloc; attach them only while they
+    can pay (adaptive) or for the whole run (always)."""
+    return click.option(
+        "--slab-hooks", type=click.Choice(["adaptive", "always"]), default="adaptive",
+        envvar="MEMTRACE_SLAB_HOOKS", show_default=True, show_envvar=True,
+        help="adaptive: attach the kmalloc/kmem_cache_alloc hooks after a failure or while "
+             "memory is tight, detach them after 5 quiet minutes (a slab failure meanwhile "
+             "is seen through its page allocation); always: keep them attached (every slab "
+             "failure with its cache, at their cost on every allocation).")(f)
+
+
 def protect_from_oom_killer(oom_score_adj: int) -> None:
     """Lower memtrace's OOM score before it loads anything (a note when it cannot). Only
     root can lower it, and only root traces: without root the tracer's error says it all."""
@@ -92,10 +104,11 @@ def build_filter(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[st
 
 
 def live_source(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str],
-                oom_score_adj: int = OOM_SCORE_ADJ_DEFAULT, probe_cost: bool = False) -> Any:
+                oom_score_adj: int = OOM_SCORE_ADJ_DEFAULT, probe_cost: bool = False,
+                slab_hooks: str = "adaptive") -> Any:
     """The kernel's failures, filtered as the options say (UsageError for a bad filter); it
     lowers memtrace's OOM score when it starts."""
     from ..kernel.failures import LiveSource
 
     return LiveSource(build_filter(pids, cgroup, comm), log=log, oom_score_adj=oom_score_adj,
-                      probe_cost=probe_cost)
+                      probe_cost=probe_cost, slab_hooks=slab_hooks)

@@ -14,6 +14,7 @@ from .common import (
     log,
     oom_score_option,
     skipped_line_warning,
+    slab_hooks_option,
 )
 
 
@@ -50,10 +51,11 @@ def _open_replay(path: str, speed: float) -> Any:
 @click.option("--probe-cost/--no-probe-cost", default=True, show_default=True,
               help="Show what memtrace's own probes cost (turns the kernel's BPF run-time "
                    "stats on while top runs: about two clock reads per probe event).")
+@slab_hooks_option
 @oom_score_option
 def top(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str],
         duration: Optional[float], interval: float, replay: Optional[str], speed: float,
-        probe_cost: bool, oom_score_adj: int) -> None:
+        probe_cost: bool, slab_hooks: str, oom_score_adj: int) -> None:
     """Live dashboard of failures by process, cgroup, syscall and allocation order."""
     from ..views.top import run_top
 
@@ -63,7 +65,8 @@ def top(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str],
                 raise UsageError("-p/--pid, --cgroup and --comm do not apply to --replay")
             source = _open_replay(replay, speed)
         else:
-            source = live_source(pids, cgroup, comm, oom_score_adj, probe_cost=probe_cost)
+            source = live_source(pids, cgroup, comm, oom_score_adj, probe_cost=probe_cost,
+                                 slab_hooks=slab_hooks)
         run_top(source, duration=duration, interval=interval)
 
     guard(body)

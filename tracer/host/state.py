@@ -152,3 +152,56 @@ def range_mapped(pid: int, start: int, length: int, proc: str = "/proc") -> Opti
         if pos >= end:
             return True
     return pos >= end
+
+
+def parse_zoneinfo_watermark(text: str, which: str = "low") -> int:
+    """The sum over zones of one watermark ("min", "low" or "high"), in pages."""
+    total = 0
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == which and parts[1].isdigit():
+            total += int(parts[1])
+    return total
+
+
+def parse_pressure_some_avg10(text: str) -> Optional[float]:
+    """The share of the last 10 s in which some task stalled on memory (percent), from
+    /proc/pressure/memory; None without pressure stall information."""
+    for line in text.splitlines():
+        parts = line.split()
+        if parts[:1] == ["some"]:
+            for part in parts[1:]:
+                key, _, value = part.partition("=")
+                if key == "avg10":
+                    try:
+                        return float(value)
+                    except ValueError:
+                        return None
+    return None
+
+
+# Memory is tight when tasks stall on it this much (PSI "some" avg10, percent), or when
+# what is available comes within this many low watermarks (kswapd wakes at one).
+TIGHT_PRESSURE = 1.0
+TIGHT_LOW_WATERMARKS = 4
+
+
+def low_watermark_pages(proc: str = "/proc") -> int:
+    return parse_zoneinfo_watermark(_read(f"{proc}/zoneinfo"), "low")
+
+
+def memory_tight(proc: str = "/proc", low_watermark_pages: Optional[int] = None,
+                 page_size: int = 4096) -> Optional[str]:
+    """Why memory is tight right now, or None: two small reads (~30 us), made once a second."""
+    stall = parse_pressure_some_avg10(_read(f"{proc}/pressure/memory"))
+    if stall is not None and stall >= TIGHT_PRESSURE:
+        return f"memory pressure: tasks stalled {stall:g}% of the last 10 s"
+    if low_watermark_pages is None:
+        low_watermark_pages = parse_zoneinfo_watermark(_read(f"{proc}/zoneinfo"), "low")
+    available = _meminfo(_read(f"{proc}/meminfo")).get("MemAvailable")
+    if available is not None and low_watermark_pages:
+        near = TIGHT_LOW_WATERMARKS * low_watermark_pages * page_size
+        if available < near:
+            return (f"memory tight: {available >> 20} MiB available, within "
+                    f"{TIGHT_LOW_WATERMARKS}x the low watermarks ({near >> 20} MiB)")
+    return None

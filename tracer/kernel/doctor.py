@@ -9,7 +9,9 @@ from typing import Optional
 from ..errors import HostError
 from ..host import system as host
 from ..model.probes import CostRates, Examination, ProbeStatus, cost_rates
+from . import depth
 from .failures import LiveSource
+from .probes import PLAN
 
 
 def examine() -> Examination:
@@ -37,10 +39,14 @@ def examine() -> Examination:
     cost: Optional[CostRates] = None
     cost_note = "not measured: the probes did not attach"
     if host.is_root() and bcc:
-        src = LiveSource(log=lambda m: None, probe_cost=True)
+        # Every probe attached, the adaptive ones too: doctor shows what can attach here and
+        # what each costs when it is (watch/top/export attach the slab hooks only when armed).
+        src = LiveSource(log=lambda m: None, probe_cost=True, slab_hooks=depth.ALWAYS)
         try:
             ready = src.start()
-            statuses = list(ready.probes)
+            statuses = [ProbeStatus(s.name, s.status, s.via,
+                                    f"{s.reason}; {ADAPTIVE_NOTE}" if s.name in ADAPTIVE else s.reason)
+                        for s in ready.probes]
             core = True
             cost, cost_note = measure_cost(src, COST_SECONDS)
         except HostError as e:
@@ -51,6 +57,10 @@ def examine() -> Examination:
     return Examination(host.kernel_release(), tuple(rows), tuple(statuses), core, cost,
                        cost_note)
 
+
+# The probes watch/top/export attach only while armed (kernel/depth.py).
+ADAPTIVE = frozenset(spec.name for spec in PLAN if spec.adaptive)
+ADAPTIVE_NOTE = "adaptive: attached after a failure or while memory is tight"
 
 COST_SECONDS = 1.0  # how long doctor watches its own probes run on this host's activity
 

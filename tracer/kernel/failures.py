@@ -14,6 +14,7 @@ from typing import Any, Callable, Deque, Mapping, Optional
 
 from .. import __version__
 from ..errors import HostError
+from ..host import state as host_state
 from ..host import system as host
 from ..host.cgroups import CgroupResolver
 from ..host.kallsyms import KernelSymbols
@@ -32,15 +33,15 @@ from ..model.failures import (
     SyscallCount,
     TaskState,
 )
-from ..model.probes import ATTACHED, FAILED, ProbeStatus
+from ..model.probes import ATTACHED, FAILED, STANDBY, ProbeStatus
 from ..unwind.unwinder import ProcessUnwinders, Unwinder
-from . import abi
+from . import abi, depth
 from .btf import load_vmlinux
 from .build import BuildOptions, Layout, cflags, read_layout
 from .cost import CostMeter
 from .loader import Loaded, load
 from .mappings import LearnedMaps, decode_path
-from .probes import CORE_PROBES, PLAN, choose, kprobe_check
+from .probes import CORE_PROBES, PLAN, Candidate, choose, kprobe_check
 
 Log = Callable[[str], None]
 
@@ -153,6 +154,9 @@ def memcg_state(m: abi.MemcgEvidence, cgroup: Optional[str], nearest: Optional[s
         nearest_limit=limit(int(m.limit_max)), nearest_levels_up=int(m.limit_level))
 
 
+# Processes whose page-backed slab failures are counted one by one (the rest together).
+MAX_SLAB_VIA_KEYS = 4096
+
 # Unwinders kept for processes known only from what the kernel reported (they have exited).
 MAX_LEARNED_UNWINDERS = 64
 
@@ -178,13 +182,33 @@ def stack_copy(data: Any, size: int, e: abi.Event) -> bytes:
     return b"" if base is None else ct.string_at(base + ct.sizeof(abi.Event), n)
 
 
+_STANDBY_REASON = ("attached after a failure or while memory is tight, detached when quiet "
+                   "(--slab-hooks always: all the time)")
+
+
+def _trigger_reason(f: Failure) -> str:
+    if f.kind == "memcg":
+        return f"cgroup {f.cgroup} hit its limit ({f.detail.get('event')})"
+    what = f"{f.syscall}() {f.errno or 'failure'}" if f.kind == "syscall" else f"a {f.kind} failure"
+    return f"{what} in pid {f.pid} ({f.comm})"
+
+
 class LiveSource(Loaded):
     """Failures as the running kernel reports them."""
 
     def __init__(self, filt: Optional[Filter] = None, log: Optional[Log] = None,
                  options: Optional[BuildOptions] = None, symbolize: bool = True,
-                 oom_score_adj: Optional[int] = None, probe_cost: bool = False):
+                 oom_score_adj: Optional[int] = None, probe_cost: bool = False,
+                 slab_hooks: str = depth.ADAPTIVE, arm_quiet: float = depth.DEFAULT_QUIET):
         self.filter = filt or Filter()
+        self.arming = depth.Arming(slab_hooks, arm_quiet)
+        self._standby: dict[str, Candidate] = {}  # adaptive probes: attached while armed
+        self._low_watermark_pages: Optional[int] = None
+        self._last_depth_check = 0.0
+        self._watermarks_read = 0.0
+        # page failures that were slab allocations, seen while the slab hooks were detached
+        self._slab_via_page: collections.Counter[tuple[int, str, Optional[str], int]] = \
+            collections.Counter()
         self.oom_score_adj = oom_score_adj  # lowered at start (None: left as it is)
         self.log = log or (lambda msg: None)
         self.options = options
@@ -243,6 +267,10 @@ class LiveSource(Loaded):
                 continue
             if cand.via == "poll":
                 statuses[spec.name] = ProbeStatus(spec.name, ATTACHED, "poll", cand.target)
+                continue
+            if spec.adaptive and not self.arming.armed:
+                self._standby[spec.name] = cand
+                statuses[spec.name] = ProbeStatus(spec.name, STANDBY, cand.via, _STANDBY_REASON)
                 continue
             try:
                 if cand.via == "kretprobe":
@@ -323,12 +351,57 @@ class LiveSource(Loaded):
             self._poll_memcg()
             self._recount_armed()
             busy = True
+        self._adapt_depth(now)
         if busy:
             # What converting a batch freed goes back to the system (~0.3 ms): glibc would
             # keep it, and reuse of the heap the BPF compiler left makes RSS grow back.
             host.release_free_heap()
         out, self._out = self._out, []
         return out
+
+    # -- adaptive depth (kernel/depth.py) -----------------------------------------------------
+    def _adapt_depth(self, now: float) -> None:
+        """Attach the standby probes when something failed or memory is tight; detach them
+        after a quiet period. Failures come from the batch about to be handed out."""
+        if not self._standby:
+            return
+        failures = [f for f in self._out if f.kind != "memcg" or f.detail.get("event") != "high"]
+        # the reason named: the syscall that failed, rather than the kernel failure inside it
+        failed = min(failures, key=lambda f: f.kind != "syscall", default=None)
+        if failed is not None:
+            self._apply_depth(now, self.arming.trigger(now, _trigger_reason(failed)))
+        if now - self._last_depth_check >= 1.0:
+            self._last_depth_check = now
+            if self._low_watermark_pages is None or now - self._watermarks_read >= 60.0:
+                self._low_watermark_pages = host_state.low_watermark_pages()
+                self._watermarks_read = now
+            tight = host_state.memory_tight(low_watermark_pages=self._low_watermark_pages)
+            if tight:
+                self._apply_depth(now, self.arming.trigger(now, tight))
+            self._apply_depth(now, self.arming.tick(now))
+
+    def _apply_depth(self, now: float, change: Optional[depth.Change]) -> None:
+        if change is None:
+            return
+        statuses = {s.name: s for s in self.statuses}
+        for name, cand in self._standby.items():
+            try:
+                if change.armed:
+                    self.bpf.attach_raw_tracepoint(tp=cand.target.encode(), fn_name=cand.fn.encode())
+                    statuses[name] = ProbeStatus(name, ATTACHED, cand.via,
+                                                 f"armed: {change.reason}")
+                else:
+                    self.bpf.detach_raw_tracepoint(tp=cand.target.encode())
+                    statuses[name] = ProbeStatus(name, STANDBY, cand.via, _STANDBY_REASON)
+            except Exception as e:  # the cheap hooks go on; the next trigger tries again
+                self.log(f"memtrace: slab hooks could not be {'attached' if change.armed else 'detached'}"
+                         f": {str(e).splitlines()[0]}")
+                if change.armed:
+                    self.arming.undo(now)
+                return
+        self.statuses = [statuses.get(s.name, s) for s in self.statuses]
+        self.log(f"memtrace: slab hooks {'attached' if change.armed else 'detached'}: "
+                 f"{change.reason}")
 
     def _raise_if_out_of_memory(self) -> None:
         if self._out_of_memory:
@@ -547,7 +620,7 @@ class LiveSource(Loaded):
         return [Failure(
             kind=kind, size=kf.size, order=kf.order, gfp=kf.gfp, opportunistic=kf.opportunistic,
             user_stack=ustack, user_sources=usources, kernel_stack=kf.kernel_stack,
-            detail={"cache": kf.cache} if kf.cache else {}, **common)]
+            detail=self._kernel_detail(kf, common), **common)]
 
     def _syscall_failures(self, e: abi.Event, common: dict[str, Any], stack: bytes = b""
                           ) -> list[Failure]:
@@ -582,7 +655,7 @@ class LiveSource(Loaded):
                 out.append(Failure(kind=k.kind, syscall=name, errno=err, size=k.size, order=k.order,
                                    gfp=k.gfp, opportunistic=True, user_stack=ustack,
                                    user_sources=usources, kernel_stack=k.kernel_stack,
-                                   detail={"cache": k.cache} if k.cache else {},
+                                   detail=self._kernel_detail(k, common),
                                    **{**common, "ts_ns": k.ts_ns or common["ts_ns"]}))
         primary = linked[0] if linked else None
         out.append(Failure(
@@ -592,6 +665,25 @@ class LiveSource(Loaded):
             args=decoders.describe_syscall_args(name, args), linked=linked, detail=detail,
             task=task, **common))
         return out
+
+    def _kernel_detail(self, k: KernelFailure, common: dict[str, Any]) -> dict[str, Any]:
+        """A kernel failure's detail: its slab cache, or, for a page failure the slab
+        allocator made (its kernel stack shows it), which allocator and for whom. While the
+        slab hooks are detached, that page failure is the slab failure: counted as one."""
+        if k.cache:
+            return {"cache": k.cache}
+        if k.kind != "page_alloc":
+            return {}
+        via = decoders.slab_via_page(k.kernel_stack)
+        if via is None:
+            return {}
+        if self._standby and not self.arming.armed:
+            key = (int(common["pid"]), str(common["comm"]), common["cgroup"],
+                   k.gfp.mask if k.gfp is not None else 0)
+            if key not in self._slab_via_page and len(self._slab_via_page) >= MAX_SLAB_VIA_KEYS:
+                key = (0, "(others)", None, key[3])  # bounded: the rest counted together
+            self._slab_via_page[key] += 1
+        return {"slab": via.to_json()}
 
     def _kernel_message(self, tid: int, prefix: str, max_age: float = 2.0) -> Optional[str]:
         """The kernel's own line about this thread's failure, printed inside the syscall."""
@@ -641,6 +733,10 @@ class LiveSource(Loaded):
                 order=int(k.order) if kind == "page_alloc" else None,
                 gfp=self.gfp.value(int(k.gfp)) if kind in ("page_alloc", "slab") else None,
                 opportunistic=bool(k.opportunistic), count=int(v.value)))
+        for (pid, comm, cgroup, gfp), n in self._slab_via_page.items():
+            kernel.append(KernelCount(pid=pid, comm=comm, cgroup=cgroup, kind="slab",
+                                      order=None, gfp=self.gfp.value(gfp),
+                                      opportunistic=False, count=n))
         drops = {name: 0 for name in abi.DROP_NAMES.values()}
         for k, v in self.bpf[b"drops"].items():
             name = abi.DROP_NAMES.get(int(k.value))

@@ -23,6 +23,7 @@ class ProbeSpec:
     core: bool  # memtrace is useless without it
     what: str
     candidates: Sequence[Candidate]
+    adaptive: bool = False  # costly on hot paths: attached only while armed (kernel/depth.py)
 
 
 PLAN: tuple[ProbeSpec, ...] = (
@@ -32,10 +33,11 @@ PLAN: tuple[ProbeSpec, ...] = (
     ProbeSpec("page_alloc", "KMEM", True, "page allocator failures (mm_page_alloc, NULL page)",
               [Candidate("raw_tp", "mm_page_alloc", "mt_page_alloc", ("*", "n", "n", "n"))]),
     ProbeSpec("kmalloc", "KMEM", False, "kmalloc returning NULL",
-              [Candidate("raw_tp", "kmalloc", "mt_kmalloc", ("n", "*", "n", "n", "n", "n"))]),
+              [Candidate("raw_tp", "kmalloc", "mt_kmalloc", ("n", "*", "n", "n", "n", "n"))],
+              adaptive=True),
     ProbeSpec("kmem_cache_alloc", "KMEM", False, "kmem_cache_alloc returning NULL",
               [Candidate("raw_tp", "kmem_cache_alloc", "mt_kmem_cache_alloc",
-                         ("n", "*", "*", "n", "n"))]),
+                         ("n", "*", "*", "n", "n"))], adaptive=True),
     ProbeSpec("vmalloc", "KMEM", False, "vmalloc area allocation failures",
               [Candidate("raw_tp", "alloc_vmap_area", "mt_alloc_vmap_area",
                          ("n", "n", "n", "n", "n", "n"))]),

@@ -839,3 +839,44 @@ def parse_gfp(text: str) -> Gfp:
 
 
 _DEFAULT_GFP = GfpDecoder.default()
+
+
+# -- a page failure that was a slab allocation's ---------------------------------------------
+
+# The slab allocator's own functions as they appear on kernel stacks (6.1 to 6.18 names:
+# kmalloc_large, __kmalloc_node, __kmalloc_noprof, kmem_cache_alloc_lru, allocate_slab ...).
+_SLAB_FRAME = re.compile(r"^_*(kmalloc|kmem_cache_alloc|k?mem_cache_alloc|slab_alloc|"
+                         r"allocate_slab|new_slab|kmalloc_large|kmalloc_order|"
+                         r"kmem_cache_alloc_node|alloc_slab_page)")
+_NEW_SLAB = re.compile(r"^_*(allocate_slab|new_slab|alloc_slab_page|_*slab_alloc)")
+_LARGE_KMALLOC = re.compile(r"kmalloc_large|kmalloc_order")
+
+
+@dataclass(frozen=True)
+class SlabVia:
+    """A page allocation failure that was a slab allocation's: what the page hook saw
+    while the slab hooks were not attached."""
+
+    allocator: str  # "kmalloc (page-backed)" for a kmalloc too large for a slab, else "new slab"
+    function: str  # the slab allocator's entry point seen on the stack (kmalloc, kmem_cache_alloc)
+    caller: str | None  # the kernel function that asked for the memory
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"allocator": self.allocator, "function": self.function, "caller": self.caller}
+
+
+def slab_via_page(kernel_stack: Sequence[str]) -> SlabVia | None:
+    """Whether a page failure's kernel stack (innermost first) runs through the slab
+    allocator, and for whom: the page allocator's frames, then the slab's, then its caller."""
+    first = next((i for i, f in enumerate(kernel_stack) if _SLAB_FRAME.match(f)), None)
+    if first is None:
+        return None
+    last = first
+    while last + 1 < len(kernel_stack) and _SLAB_FRAME.match(kernel_stack[last + 1]):
+        last += 1
+    frames = kernel_stack[first:last + 1]
+    large = any(_LARGE_KMALLOC.search(f) for f in frames)
+    fresh = any(_NEW_SLAB.match(f) for f in frames)
+    entry = re.sub(r"(_noprof|_node|_lru|_trace)+$", "", frames[-1].lstrip("_")) or frames[-1]
+    caller = kernel_stack[last + 1] if last + 1 < len(kernel_stack) else None
+    return SlabVia("kmalloc (page-backed)" if large or not fresh else "new slab", entry, caller)

@@ -8,12 +8,13 @@ from typing import Iterable, Optional
 ATTACHED = "attached"
 UNAVAILABLE = "unavailable"
 FAILED = "failed"
+STANDBY = "standby"  # loaded, attached only while armed (kernel/depth.py)
 
 
 @dataclass(frozen=True)
 class ProbeStatus:
     name: str
-    status: str  # attached | unavailable | failed
+    status: str  # attached | standby | unavailable | failed
     via: Optional[str]
     reason: str
 
