@@ -365,7 +365,10 @@ class LiveSource(Loaded):
         after a quiet period. Failures come from the batch about to be handed out."""
         if not self._standby:
             return
-        failures = [f for f in self._out if f.kind != "memcg" or f.detail.get("event") != "high"]
+        # A cgroup at its limit reclaims (v2 max/high, v1 failcnt) all day on a busy
+        # container host: only its OOM events arm, with every real failure.
+        failures = [f for f in self._out if f.kind != "memcg" or f.detail.get("event") in
+                    ("oom", "oom_kill", "oom_group_kill", "under_oom")]
         # the reason named: the syscall that failed, rather than the kernel failure inside it
         failed = min(failures, key=lambda f: f.kind != "syscall", default=None)
         if failed is not None:
