@@ -14,9 +14,9 @@ Sections (all by default; --only picks one):
   startup    time from starting `memtrace watch --json` to its ready line, its exit
              time, its peak RSS, and its BPF maps (memlock) and programs.
   server     a real network server under its own benchmark client: Debian's redis-server
-             and redis-benchmark (20 clients, SET/GET, loopback), rounds of five arms
+             and redis-benchmark (20 clients, SET/GET, loopback), rounds of six arms
              side by side (untraced, the bare sys_exit hook, the floor, `memtrace watch`,
-             `memtrace export`), order alternating; throughput ratios arm/untraced per
+             `memtrace watch --slab-hooks always`, `memtrace export`), order alternating; throughput ratios arm/untraced per
              round, medians and ranges over at least 4 rounds. Installs the two packages
              with bench/setup.sh when they are missing.
   storm_rss  memtrace's own peak RSS under an ENOMEM storm (bench/peak_rss.py: 2 threads
@@ -705,7 +705,9 @@ def section_startup(args, res: Results) -> dict:
 
 
 # ---------------------------------------------------------------- server
-SERVER_ARMS = ("untraced", "sys_exit", "floor", "memtrace", "export")
+# memtrace: `watch` as users run it (slab hooks adaptive: detached while nothing fails);
+# memtrace_full: `watch --slab-hooks always`, every hook attached (what it cost before).
+SERVER_ARMS = ("untraced", "sys_exit", "floor", "memtrace", "memtrace_full", "export")
 SERVER_KEYS = ("rps", "set_rps", "get_rps")
 REDIS_CLIENTS = 20
 REDIS_RUN_TIMEOUT_S = 120.0  # one redis-benchmark run; it takes a few seconds
@@ -790,7 +792,7 @@ def redis_benchmark(client: str, port: int, requests: int) -> dict[str, float]:
 
 
 def section_server(args, res: Results) -> dict:
-    """redis-server under redis-benchmark, untraced and under four tracers, side by side:
+    """redis-server under redis-benchmark, untraced and under five tracers, side by side:
     each round runs every arm once (order reversed in odd rounds); each arm's ratio is its
     throughput over the untraced throughput of the same round."""
     server, client = ensure_redis()
@@ -801,6 +803,9 @@ def section_server(args, res: Results) -> dict:
         "sys_exit": tracked(make_bare_sys_exit(), res),
         "floor": tracked(make_floor(), res),
         "memtrace": tracked(make_memtrace(args), res),
+        "memtrace_full": tracked(Tracer("memtrace_full", [*memtrace_argv(args.memtrace),
+                                                          "--slab-hooks", "always"],
+                                        is_memtrace_ready), res),
         "export": tracked(make_export(args, free_loopback_port()), res),
     }
     port = free_loopback_port()
@@ -861,7 +866,7 @@ def section_server(args, res: Results) -> dict:
                      - arms[name]["rps"]["ratio_median"],
                      "median_by_round": med([(r["sys_exit"]["rps"] - r[name]["rps"])
                                              / r["untraced"]["rps"] for r in per_round])}
-              for name in ("floor", "memtrace", "export")}
+              for name in ("floor", "memtrace", "memtrace_full", "export")}
     return {"workload": {"server": version.strip(), "clients": REDIS_CLIENTS,
                          "requests_per_test": requests, "tests": ["SET", "GET"],
                          "address": "127.0.0.1"},

@@ -162,7 +162,7 @@ def check_ready(obj: dict) -> None:
     assert isinstance(obj["probes"], list) and obj["probes"]
     for p in obj["probes"]:
         assert set(p) == PROBE_KEYS, p
-        assert p["status"] in ("attached", "unavailable", "failed"), p
+        assert p["status"] in ("attached", "standby", "unavailable", "failed"), p
         assert isinstance(p["name"], str) and isinstance(p["reason"], str), p
     statuses = {p["name"]: p["status"] for p in obj["probes"]}
     assert statuses["syscall_exit"] == "attached"

@@ -190,3 +190,22 @@ def test_memcg_events_of_cgroups_folded_into_other_add_up():
     assert 'memtrace_memcg_events_total{cgroup="/a",event="max"} 2.0' in text
     assert 'memtrace_memcg_events_total{cgroup="other",event="max"} 7.0' in text
     assert text.count('cgroup="other",event="max"') == 1
+
+
+def test_adaptive_probes_count_as_attached_only_while_armed():
+    from tracer.model.probes import ATTACHED, STANDBY, ProbeStatus
+
+    def gauge(status: str) -> str:
+        requests = SnapshotRequests()
+        requests.close(dataclasses.replace(SNAPSHOT, probes=(
+            ProbeStatus("syscall_exit", ATTACHED, "raw_tp", "sys_exit"),
+            ProbeStatus("kmalloc", status, "raw_tp", "kmalloc"))))
+        st = MetricsState(requests, 50, False, 50)
+        st.ready = READY  # what was attached at start: the snapshot's states replace it
+        return scrape(st)
+
+    standby = gauge(STANDBY)
+    assert 'memtrace_probe_attached{probe="kmalloc",via="raw_tp"} 0.0' in standby
+    assert 'memtrace_probe_attached{probe="syscall_exit",via="raw_tp"} 1.0' in standby
+    assert 'memtrace_probe_attached{probe="percpu"' not in standby
+    assert 'memtrace_probe_attached{probe="kmalloc",via="raw_tp"} 1.0' in gauge(ATTACHED)

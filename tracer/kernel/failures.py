@@ -749,4 +749,5 @@ class LiveSource(Loaded):
             drops["memcg_not_polled"] = self.memcg.left_out
         memcg = tuple(MemcgCount(c, ev, n) for c, ev, n in self.memcg.totals())
         cost = self.cost.read() if self.cost is not None else None
-        return self.filter.snapshot(Snapshot(tuple(syscalls), tuple(kernel), memcg, drops, cost))
+        return self.filter.snapshot(Snapshot(tuple(syscalls), tuple(kernel), memcg, drops, cost,
+                                             probes=tuple(self.statuses)))

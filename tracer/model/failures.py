@@ -153,6 +153,7 @@ class Snapshot:
     memcg: tuple[MemcgCount, ...] = ()
     drops: Mapping[str, int] = field(default_factory=dict)
     cost: Optional[ProbeCost] = None  # memtrace's own probes (BPF run-time stats), when read
+    probes: tuple[ProbeStatus, ...] = ()  # each probe's state now (adaptive ones change)
     growing: tuple[GrowingProcess, ...] = ()  # the processes growing fastest, when tracked
 
 
@@ -190,6 +191,7 @@ class Filter:
                   if self.cgroup is None or path_matches(c.cgroup, self.cgroup)),
             s.drops,
             s.cost,
+            probes=s.probes,
         )
 
 

@@ -16,7 +16,7 @@ from rich.text import Text
 from .. import __version__
 from ..model.decode import format_bytes, order_to_bytes
 from ..model.failures import Failure, Snapshot
-from ..model.probes import ATTACHED, FAILED, UNAVAILABLE
+from ..model.probes import ATTACHED, FAILED, STANDBY, UNAVAILABLE
 from ..model.totals import (
     Dashboard,
     failures_by_cgroup,
@@ -35,7 +35,7 @@ WAITING = "waiting for allocation failures\u2026 (Ctrl-C to stop)"
 PLAIN_MAX_ROWS = 20  # rows per table in the periodic plain-text report
 _MAX_ROWS = 15  # rows per summary table on the live dashboard, however tall the terminal
 _MAX_RECENT = 100
-_STATUS_STYLE = {ATTACHED: "green", UNAVAILABLE: "yellow", FAILED: "red"}
+_STATUS_STYLE = {ATTACHED: "green", STANDBY: "cyan", UNAVAILABLE: "yellow", FAILED: "red"}
 _OFFSET = re.compile(r"\+0x[0-9a-fA-F]+(?:/0x[0-9a-fA-F]+)?")
 _MODULE = re.compile(r"\s*\[[^\]]*\]$")
 _FRAME_WIDTH = 28

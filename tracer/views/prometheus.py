@@ -188,10 +188,11 @@ class MemtraceCollector:
             cut_f.add_metric(["comm"], len(st.process.cut))
         out.append(cut_f)
 
-        probe_f = GaugeMetricFamily("memtrace_probe_attached", "1 when the probe is attached.",
-                                    labels=["probe", "via"])
-        if st.ready is not None:
-            for p in st.ready.probes:
+        probe_f = GaugeMetricFamily("memtrace_probe_attached", "1 when the probe is attached "
+                                    "(adaptive ones only while armed).", labels=["probe", "via"])
+        probes = snap.probes or (st.ready.probes if st.ready is not None else ())
+        if probes:
+            for p in probes:
                 probe_f.add_metric([p.name, p.via or "none"], 1 if p.status == ATTACHED else 0)
         out.append(probe_f)
         out.extend(_cost_families(snap))
