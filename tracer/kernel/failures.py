@@ -4,6 +4,7 @@ the kernel reports (ring-buffer events, exact counters) into model values."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes as ct
 import dataclasses
 import gc
@@ -387,6 +388,7 @@ class LiveSource(Loaded):
         if change is None:
             return
         statuses = {s.name: s for s in self.statuses}
+        done: list[Candidate] = []
         for name, cand in self._standby.items():
             try:
                 if change.armed:
@@ -396,10 +398,14 @@ class LiveSource(Loaded):
                 else:
                     self.bpf.detach_raw_tracepoint(tp=cand.target.encode())
                     statuses[name] = ProbeStatus(name, STANDBY, cand.via, _STANDBY_REASON)
+                done.append(cand)
             except Exception as e:  # the cheap hooks go on; the next trigger tries again
-                self.log(f"memtrace: slab hooks could not be {'attached' if change.armed else 'detached'}"
-                         f": {str(e).splitlines()[0]}")
-                if change.armed:
+                self.log(f"memtrace: slab hooks could not be "
+                         f"{'attached' if change.armed else 'detached'}: {str(e).splitlines()[0]}")
+                if change.armed:  # all or none: what did attach goes again
+                    for c in done:
+                        with contextlib.suppress(Exception):
+                            self.bpf.detach_raw_tracepoint(tp=c.target.encode())
                     self.arming.undo(now)
                 return
         self.statuses = [statuses.get(s.name, s) for s in self.statuses]
