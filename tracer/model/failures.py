@@ -190,6 +190,7 @@ class Filter:
                   if self.cgroup is None or path_matches(c.cgroup, self.cgroup)),
             s.drops,
             s.cost,
+            tuple(g for g in s.growing if self.matches(g.pid, g.comm, g.cgroup)),
         )
 
 
