@@ -189,7 +189,7 @@ def test_max_size_stops_failure_lines_but_counts_them(tmp_path):
 def test_max_size_warning_through_the_command(tmp_path, monkeypatch):
     path = tmp_path / "r.jsonl"
     src = _source([DIAGNOSED], [FCNTL_FAIL])
-    monkeypatch.setattr(cli_record, "live_source", lambda *a: src)
+    monkeypatch.setattr(cli_record, "live_source", lambda *a, **k: src)
     r = invoke(record, "-o", str(path), "--max-size", "100", "--duration", "0.5")
     assert r.exit_code == 0, r.output
     assert r.stderr.count(f"memtrace: warning: {path} reached --max-size 100 B: from now on "

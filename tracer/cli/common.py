@@ -62,6 +62,16 @@ def oom_score_option(f: Callable[..., Any]) -> Callable[..., Any]:
              "lower), so the OOM killer picks other processes first; -1000 exempts it.")(f)
 
 
+def growth_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--no-growth: turn off the always-on growth tracking (the `grew` of OOM kills, top's
+    growing panel, the exporter's growing gauge), for hosts where its cost matters."""
+    return click.option(
+        "--growth/--no-growth", default=True, show_default=True,
+        help="Track which processes grow, and through which stacks, so an OOM kill says "
+             "what grew before it (`grew`) and top shows the processes growing fastest. "
+             "--no-growth leaves its probes out (for hosts where their cost matters).")(f)
+
+
 def protect_from_oom_killer(oom_score_adj: int) -> None:
     """Lower memtrace's OOM score before it loads anything (a note when it cannot). Only
     root can lower it, and only root traces: without root the tracer's error says it all."""
@@ -92,10 +102,16 @@ def build_filter(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[st
 
 
 def live_source(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str],
-                oom_score_adj: int = OOM_SCORE_ADJ_DEFAULT, probe_cost: bool = False) -> Any:
+                oom_score_adj: int = OOM_SCORE_ADJ_DEFAULT, probe_cost: bool = False,
+                growth: bool = True) -> Any:
     """The kernel's failures, filtered as the options say (UsageError for a bad filter); it
-    lowers memtrace's OOM score when it starts."""
+    lowers memtrace's OOM score when it starts; `growth` False turns growth tracking off."""
+    import inspect
+
     from ..kernel.failures import LiveSource
 
+    # TEMPORARY until LiveSource takes `growth` (issue 13's kernel side, in progress)
+    takes_growth = "growth" in inspect.signature(LiveSource).parameters
+    extra: dict[str, Any] = {"growth": growth} if takes_growth else {}
     return LiveSource(build_filter(pids, cgroup, comm), log=log, oom_score_adj=oom_score_adj,
-                      probe_cost=probe_cost)
+                      probe_cost=probe_cost, **extra)

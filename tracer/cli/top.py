@@ -9,6 +9,7 @@ import click
 from ..errors import UsageError
 from .common import (
     filter_options,
+    growth_option,
     guard,
     live_source,
     log,
@@ -50,10 +51,11 @@ def _open_replay(path: str, speed: float) -> Any:
 @click.option("--probe-cost/--no-probe-cost", default=True, show_default=True,
               help="Show what memtrace's own probes cost (turns the kernel's BPF run-time "
                    "stats on while top runs: about two clock reads per probe event).")
+@growth_option
 @oom_score_option
 def top(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str],
         duration: Optional[float], interval: float, replay: Optional[str], speed: float,
-        probe_cost: bool, oom_score_adj: int) -> None:
+        probe_cost: bool, growth: bool, oom_score_adj: int) -> None:
     """Live dashboard of failures by process, cgroup, syscall and allocation order."""
     from ..views.top import run_top
 
@@ -63,7 +65,9 @@ def top(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str],
                 raise UsageError("-p/--pid, --cgroup and --comm do not apply to --replay")
             source = _open_replay(replay, speed)
         else:
-            source = live_source(pids, cgroup, comm, oom_score_adj, probe_cost=probe_cost)
-        run_top(source, duration=duration, interval=interval)
+            source = live_source(pids, cgroup, comm, oom_score_adj, probe_cost=probe_cost,
+                                 growth=growth)
+        # a recording has no growing processes to show: no growing panel for it
+        run_top(source, duration=duration, interval=interval, growth=growth and replay is None)
 
     guard(body)
