@@ -68,6 +68,15 @@
 #define MT_USTACK_SITES 4096
 #endif
 
+/* Growth tracking (MT_PROBE_GROWTH, bpf/growth.bpf.h): its own ring buffer of struct
+ * lk_event (a sampled first touch with its stack copy is about 8 KiB; a release, exec or exit
+ * about 150 bytes). 1024 pages = 4 MiB = about 500 samples, LK_SAMPLE_BYTES each on average:
+ * memtrace reads it every tenth of a second. A full ring buffer loses samples' stacks, never
+ * their bytes (counted per process in `growth_lost`); a lost release is counted as a drop. */
+#ifndef MT_GROWTH_RINGBUF_PAGES
+#define MT_GROWTH_RINGBUF_PAGES 1024
+#endif
+
 /* Kernel failures remembered per thread and attached to its failing syscall. A
  * power of two: the BPF code bounds its index with & (MT_MAX_LINKED - 1). */
 #define MT_MAX_LINKED 4
@@ -127,7 +136,9 @@
 #define MT_DROP_KERNEL_STACK 4   /* kernel stack could not be captured */
 #define MT_DROP_STACK_COPY_RATE 5 /* a user stack copy was skipped: its call site's budget was spent */
 #define MT_DROP_STACK_COPY 6     /* not even 256 bytes of user stack could be copied */
-#define MT_DROP_MAX 7
+#define MT_DROP_GROWTH_RINGBUF 7 /* growth ring buffer full: a sample's stack (not its bytes) or a release lost */
+#define MT_DROP_GROWTH_STACK_COPY 8 /* a growth sample's user stack could not be copied */
+#define MT_DROP_MAX 9
 
 /* One kernel-side allocation failure (page, slab, vmalloc, percpu). Streamed on its
  * own when it is not opportunistic, and kept per thread so the syscall it happens
@@ -516,6 +527,16 @@ struct lk_event {
 	__u32 fn;          /* LK_FN_* */
 	char comm[MT_COMM_LEN];
 	__u8 stack[LK_STACK_BYTES];
+};
+
+/* The address span of a process's sampled growth still outstanding: the value of growth
+ * mode's `sampled` map (kernel-side only; mirrored so its layout is checked like the rest).
+ * Only releases that overlap it can take back sampled bytes, so only those are reported.
+ * Empty (lo > hi) once releases took back all of it: the entry stays, so the process's exit
+ * is still reported. A release racing with another thread's sample can leave that one out. */
+struct lk_span {
+	__u64 lo;
+	__u64 hi;
 };
 
 #endif /* MEMTRACE_H */

@@ -21,6 +21,7 @@ BPF_ARRAY(layout_lk_stats, struct lk_stats, 1);
 BPF_ARRAY(layout_lk_alloc, struct lk_alloc, 1);
 BPF_ARRAY(layout_lk_entry, struct lk_entry, 1);
 BPF_ARRAY(layout_lk_event, struct lk_event, 1);
+BPF_ARRAY(layout_lk_span, struct lk_span, 1);
 
 /* bcc emits BTF only for a module with at least one program; this one is never loaded. */
 int abi_layout(void *ctx)

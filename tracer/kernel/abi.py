@@ -74,6 +74,8 @@ DROP_NAMES = {
     C["MT_DROP_KERNEL_STACK"]: "kernel_stack",
     C["MT_DROP_STACK_COPY_RATE"]: "stack_copy_skipped",
     C["MT_DROP_STACK_COPY"]: "stack_copy",
+    C["MT_DROP_GROWTH_RINGBUF"]: "growth_ringbuf_full",
+    C["MT_DROP_GROWTH_STACK_COPY"]: "growth_stack_copy",
 }
 
 
@@ -332,6 +334,12 @@ class LeakEvent(ct.Structure):
     ]
 
 
+class LeakSpan(ct.Structure):
+    """struct lk_span (kernel-side only: mirrored so its layout is checked too)"""
+
+    _fields_ = [("lo", ct.c_uint64), ("hi", ct.c_uint64)]
+
+
 # Every struct of memtrace.h by its C name: tests/unit/test_abi.py checks that none is
 # missing, tests/bpf/test_abi.py that each matches the layout in the BTF bcc compiled.
 MIRRORED: dict[str, type[ct.Structure]] = {
@@ -349,4 +357,5 @@ MIRRORED: dict[str, type[ct.Structure]] = {
     "lk_alloc": LeakAlloc,
     "lk_entry": LeakEntry,
     "lk_event": LeakEvent,
+    "lk_span": LeakSpan,
 }
