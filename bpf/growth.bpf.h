@@ -150,15 +150,14 @@ static __always_inline u64 next_gap(void)
 	return gap ? gap : 1;
 }
 
-/* Count n bytes against this CPU's countdown. Returns 0 when no sample point falls in
+/* Count n bytes against a CPU's countdown (`left`). Returns 0 when no sample point falls in
  * them, else the bytes the event stands for: LK_SAMPLE_BYTES for its first sample point
  * and, exactly, its bytes after that point (unbiased for exponential gaps; one sample
  * per event however large it is). A sample point is a Poisson process over the bytes
  * whatever thread they belong to (the exponential distribution has no memory), so one
  * countdown per CPU serves every thread on it. */
-static __always_inline u64 sample_bytes(u64 n)
+static __always_inline u64 sample_bytes_at(u64 *left, u64 n)
 {
-	u64 *left = growth_countdown();
 	if (!left || !n)
 		return 0;
 	u64 l = *left;
@@ -170,6 +169,11 @@ static __always_inline u64 sample_bytes(u64 n)
 	}
 	*left = next_gap();
 	return LK_SAMPLE_BYTES + (n - l);
+}
+
+static __always_inline u64 sample_bytes(u64 n)
+{
+	return sample_bytes_at(growth_countdown(), n);
 }
 
 /* ---- the span of each process's samples ---- */

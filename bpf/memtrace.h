@@ -17,6 +17,9 @@
 #ifndef MT_PAGE_SIZE
 #define MT_PAGE_SIZE 4096
 #endif
+#ifndef MT_PAGE_SHIFT
+#define MT_PAGE_SHIFT 12
+#endif
 
 /* TASK_COMM_LEN of include/linux/sched.h: what bpf_get_current_comm() fills. */
 #define MT_COMM_LEN 16
@@ -76,6 +79,10 @@
 #ifndef MT_GROWTH_RINGBUF_PAGES
 #define MT_GROWTH_RINGBUF_PAGES 1024
 #endif
+
+/* Steps of the walk down an anon_vma's tree of mappings that finds where a sampled page is
+ * mapped (more: the page is placed where it would be had its mapping never moved). */
+#define MT_GROWTH_TREE_STEPS 8
 
 /* Kernel failures remembered per thread and attached to its failing syscall. A
  * power of two: the BPF code bounds its index with & (MT_MAX_LINKED - 1). */
@@ -295,6 +302,16 @@ struct mt_event {
 struct mt_event_full {
 	struct mt_event e;
 	__u8 stack[MT_USTACK_BYTES];
+};
+
+/* Growth tracking's state on one CPU: the value of `growth_cpu` (kernel-side only; mirrored
+ * so its layout is checked like the rest). The page allocator's program samples by bytes;
+ * the page of a sample is not mapped yet when it is allocated, so the sample waits here
+ * until this CPU's next user page allocation, which reads where the page went. */
+struct mt_growth_cpu {
+	__u64 left;      /* bytes to the next sample point (0: not drawn yet) */
+	__u64 page;      /* the waiting sample's struct page (0: none waits) */
+	__u64 mm;        /* the mm_struct of the process it was taken in */
 };
 
 /* Exact syscall failure counts: the key of `syscall_counts` (value: __u64 count). */

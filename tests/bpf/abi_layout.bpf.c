@@ -14,6 +14,7 @@ BPF_ARRAY(layout_mt_event_full, struct mt_event_full, 1);
 BPF_ARRAY(layout_mt_syscall_key, struct mt_syscall_key, 1);
 BPF_ARRAY(layout_mt_kfail_key, struct mt_kfail_key, 1);
 BPF_ARRAY(layout_mt_pending, struct mt_pending, 1);
+BPF_ARRAY(layout_mt_growth_cpu, struct mt_growth_cpu, 1);
 
 /* leak profiler */
 BPF_ARRAY(layout_lk_key, struct lk_key, 1);

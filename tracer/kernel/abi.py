@@ -243,6 +243,12 @@ class Pending(ct.Structure):
                 ("host", HostEvidence)]
 
 
+class GrowthCpu(ct.Structure):
+    """struct mt_growth_cpu (kernel-side only: mirrored so its layout is checked too)"""
+
+    _fields_ = [("left", ct.c_uint64), ("page", ct.c_uint64), ("mm", ct.c_uint64)]
+
+
 def cstr(raw: bytes) -> str:
     """A NUL-terminated char array as text (hostile bytes are replaced, never raised on)."""
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
@@ -352,6 +358,7 @@ MIRRORED: dict[str, type[ct.Structure]] = {
     "mt_syscall_key": SyscallKey,
     "mt_kfail_key": KFailKey,
     "mt_pending": Pending,
+    "mt_growth_cpu": GrowthCpu,
     "lk_key": LeakKey,
     "lk_stats": LeakStats,
     "lk_alloc": LeakAlloc,

@@ -116,6 +116,10 @@ class GrowthDecoder:
         """The process's code changed (exec) or it ended: its frame names are stale."""
         self._names.pop(pid, None)
 
+    def forget_all_names(self) -> None:
+        """Drop every remembered frame name (memtrace ran out of memory): found again."""
+        self._names.clear()
+
     # -- events ---------------------------------------------------------------------------
     def _who(self, e: Any) -> dict[str, Any]:
         """The process's name, memory cgroup and start, as the event and /proc tell them."""
