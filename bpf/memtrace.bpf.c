@@ -571,15 +571,16 @@ static __always_inline s32 kernel_stack(void *ctx)
  *
  * No program of its own on the hot paths: a program on page faults costs about 100 ns a
  * fault on this kind of host (a tracepoint's dispatch), so the sampler rides in the page
- * allocator's program (mt_page_alloc, run for every page anyway), counting the pages that
- * user allocations (__GFP_HARDWALL) take, huge pages by their order; the syscall side rides
+ * allocator's program (mt_page_alloc, run for every page anyway), counting user pages
+ * (__GFP_HARDWALL and __GFP_MOVABLE: anonymous memory and page cache, not page tables),
+ * huge pages by their order; the syscall side rides
  * in mt_sys_exit (a second sys_exit program would cost a whole run on every syscall), exec
  * in mt_exec. Only exits have a program of their own (rare).
  *
- * A page is not mapped yet when it is allocated: the sample waits in the CPU's state until
- * that CPU's next user page allocation, which reads from the page whether it became
- * anonymous memory (page cache and shared memory are not growth here) and where: its index
- * in its anon_vma, and the mapping of the process holding that index. */
+ * A page is not mapped yet when it is allocated: the sample waits in the CPU's state until a
+ * later user page allocation on that CPU reads from the page whether it became anonymous
+ * memory (page cache and shared memory are not growth here) and where: its index in its
+ * anon_vma, and the mapping of the process holding that index. */
 
 BPF_RINGBUF_OUTPUT(growth_events, MT_GROWTH_RINGBUF_PAGES);
 /* The countdown and the waiting sample (struct mt_growth_cpu), and that sample's event. */
@@ -633,9 +634,13 @@ static __always_inline void growth_break_new(u32 tgid, u64 brk)
 	growth_breaks.update(&tgid, &brk);
 }
 
+/* memtrace reads growth every tenth of a second without waiting on it: no wake-up (each would
+ * cost an interrupt on the CPU that submits). */
+#define MT_RB_NO_WAKEUP 1 /* BPF_RB_NO_WAKEUP of include/uapi/linux/bpf.h */
+
 static __always_inline void growth_submit(struct lk_event *e)
 {
-	growth_events.ringbuf_submit(e, 0);
+	growth_events.ringbuf_submit(e, MT_RB_NO_WAKEUP);
 }
 
 static __always_inline void growth_lost(u64 key, u64 bytes)
@@ -705,38 +710,52 @@ static __always_inline u64 growth_anon_address(void *anon_vma, u64 index, void *
 	return index << MT_PAGE_SHIFT;
 }
 
-/* The waiting sample of this CPU, now that its page had time to be mapped (`fresh`: the page
- * this allocation got; the same one means the sampled page was freed unmapped). Sent if the
- * page became anonymous memory, at the address where it is mapped. */
-static __always_inline void growth_page_mapped(struct mt_growth_cpu *c, u64 fresh)
+/* This CPU's waiting sample, at a later user page allocation (`fresh`, its page): sent if
+ * its page became anonymous memory, at the address where it is mapped; dropped if it did not
+ * (page cache, shared memory, KSM) or was freed. A page not mapped yet and still held is on
+ * its way (a huge page is zeroed first, then its fault allocates a page table before mapping
+ * it; a charge near a cgroup's limit reclaims first): it waits, unless `now` says it waited
+ * longer than MT_GROWTH_WAIT_NS. Returns whether no sample waits any more. */
+static __always_inline int growth_page_mapped(struct mt_growth_cpu *c, u64 fresh, u64 now)
 {
 	u64 page = c->page;
-	void *mm = (void *)c->mm;
-	c->page = 0;
 	u32 zero = 0;
 	struct lk_event *e = growth_scratch.lookup(&zero);
-	if (page == fresh || !e)
-		return;
+	if (page == fresh || !e) { /* freed and handed out again */
+		c->page = 0;
+		return 1;
+	}
 	u64 mapping = (u64)read_ptr((void *)page, MT_OFF_FOLIO_MAPPING);
+	if (!mapping && !(now && now - e->ts_ns > MT_GROWTH_WAIT_NS)) {
+		s32 refs = 0;
+		bpf_probe_read_kernel(&refs, sizeof(refs), (void *)page + MT_OFF_FOLIO_REFCOUNT);
+		if (refs > 0)
+			return 0;
+	}
+	c->page = 0;
 	if ((mapping & 3) != 1)
-		return; /* FOLIO_MAPPING_ANON alone: not page cache, shared memory or KSM */
+		return 1; /* FOLIO_MAPPING_ANON alone: anonymous memory */
 	u64 index = 0;
 	bpf_probe_read_kernel(&index, sizeof(index), (void *)page + MT_OFF_FOLIO_INDEX);
-	u64 addr = growth_anon_address((void *)(mapping & ~3ULL), index, mm);
+	u64 addr = growth_anon_address((void *)(mapping & ~3ULL), index, (void *)c->mm);
 	e->addr = addr;
 	if (!accept_sample(e->pid, addr, addr + e->len))
-		return;
+		return 1;
 	u64 size = __builtin_offsetof(struct lk_event, stack) + e->stack_len;
 	if (size > sizeof(*e))
 		size = sizeof(*e);
-	if (growth_events.ringbuf_output(e, size, 0) != 0) {
+	if (growth_events.ringbuf_output(e, size, MT_RB_NO_WAKEUP) != 0) {
 		count_drop(MT_DROP_GROWTH_RINGBUF);
 		growth_lost((u64)e->pid << 1, e->weight);
 	}
+	return 1;
 }
 
 /* A sample point fell in this allocation of `bytes` (standing for `weight`): if a user
- * process's, its event (with the user stack) waits for the page to be mapped. */
+ * process's, its event (with the user stack) waits for the page to be mapped. While the
+ * CPU's previous sample is still on its way, the point moves on to the next user allocation
+ * (a page table its fault allocates, usually): the bytes after the point in this one are the
+ * estimate's only loss. */
 static __always_inline void growth_page_sampled(struct mt_growth_cpu *c, u64 page, u64 bytes,
 						u64 weight)
 {
@@ -751,6 +770,10 @@ static __always_inline void growth_page_sampled(struct mt_growth_cpu *c, u64 pag
 	struct lk_event *e = growth_scratch.lookup(&zero);
 	if (!mm || !e)
 		return;
+	if (c->page && !growth_page_mapped(c, page, bpf_ktime_get_ns())) {
+		c->left = 1;
+		return;
+	}
 	fill_event(e, LK_EV_FAULT);
 	e->weight = weight;
 	e->len = bytes;
@@ -768,7 +791,7 @@ static __always_inline void growth_page(struct bpf_raw_tracepoint_args *ctx)
 	if (!c)
 		return;
 	if (c->page)
-		growth_page_mapped(c, ctx->args[0]);
+		growth_page_mapped(c, ctx->args[0], 0);
 	u64 bytes = (u64)MT_PAGE_SIZE << (ctx->args[1] & 15);
 	u64 weight = sample_bytes_at(&c->left, bytes);
 	if (weight)
@@ -1228,8 +1251,8 @@ int mt_page_alloc(struct bpf_raw_tracepoint_args *ctx)
 {
 	if (ctx->args[0]) {
 #ifdef MT_PROBE_GROWTH
-		if ((u32)ctx->args[2] & MT_GFP_HARDWALL)
-			growth_page(ctx); /* a user allocation: growth's sampler */
+		if (((u32)ctx->args[2] & MT_GFP_USER_MOVABLE) == MT_GFP_USER_MOVABLE)
+			growth_page(ctx); /* a user page: growth's sampler */
 #endif
 		return 0;
 	}

@@ -80,6 +80,13 @@
 #define MT_GROWTH_RINGBUF_PAGES 1024
 #endif
 
+/* How long a sampled page may stay unmapped and held before the next sample on its CPU
+ * gives up on it (a huge page is zeroed, a charge near a cgroup's limit reclaims, before the
+ * page is mapped; until then a sample point moves on to the next user allocation). */
+#ifndef MT_GROWTH_WAIT_NS
+#define MT_GROWTH_WAIT_NS 50000000ULL
+#endif
+
 /* Steps of the walk down an anon_vma's tree of mappings that finds where a sampled page is
  * mapped (more: the page is placed where it would be had its mapping never moved). */
 #define MT_GROWTH_TREE_STEPS 8
@@ -307,7 +314,8 @@ struct mt_event_full {
 /* Growth tracking's state on one CPU: the value of `growth_cpu` (kernel-side only; mirrored
  * so its layout is checked like the rest). The page allocator's program samples by bytes;
  * the page of a sample is not mapped yet when it is allocated, so the sample waits here
- * until this CPU's next user page allocation, which reads where the page went. */
+ * until a later user page allocation on this CPU finds it mapped (or freed, or given to
+ * something else than anonymous memory), and reads where it went. */
 struct mt_growth_cpu {
 	__u64 left;      /* bytes to the next sample point (0: not drawn yet) */
 	__u64 page;      /* the waiting sample's struct page (0: none waits) */

@@ -241,6 +241,7 @@ def read_layout(btf: Btf, have_task_pt_regs: Optional[bool] = None) -> Layout:
         # its anon_vma's interval tree of mappings (bpf/memtrace.bpf.c, MT_PROBE_GROWTH)
         d["MT_OFF_FOLIO_MAPPING"] = btf.member_offset("folio", "mapping")
         d["MT_OFF_FOLIO_INDEX"] = btf.member_offset("folio", "index")
+        d["MT_OFF_FOLIO_REFCOUNT"] = btf.member_offset("folio", "_refcount")
         d["MT_OFF_ANON_VMA_RB_NODE"] = (btf.member_offset("anon_vma", "rb_root")
                                         + btf.member_offset("rb_root_cached", "rb_root")
                                         + btf.member_offset("rb_root", "rb_node"))
@@ -311,7 +312,8 @@ def cflags(layout: Layout, options: BuildOptions, self_tgid: Optional[int] = Non
     defines.update(_syscall_numbers(_SYSCALLS))
     gfp = decoders.GfpDecoder(layout.gfp_bits) if layout.gfp_bits else decoders.GfpDecoder.default()
     defines["MT_GFP_OPPORTUNISTIC_MASK"] = gfp.mask("__GFP_NOWARN") | gfp.mask("__GFP_NORETRY")
-    defines["MT_GFP_HARDWALL"] = gfp.mask("__GFP_HARDWALL")  # user allocations (GFP_USER)
+    # user pages (GFP_HIGHUSER_MOVABLE, transparent huge pages): growth tracking's sampler
+    defines["MT_GFP_USER_MOVABLE"] = gfp.mask("__GFP_HARDWALL") | gfp.mask("__GFP_MOVABLE")
     if options.ringbuf_pages:
         defines["MT_RINGBUF_PAGES"] = options.ringbuf_pages
     if options.counter_entries:

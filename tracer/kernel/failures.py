@@ -32,7 +32,7 @@ from ..model.failures import (
     SyscallCount,
     TaskState,
 )
-from ..model.leaks import DEFAULT_SAMPLE_BYTES, GROWTH, GrowingProcess, Growth, LeakProfile
+from ..model.leaks import GROWTH, GrowingProcess, Growth, LeakProfile
 from ..model.probes import ATTACHED, FAILED, UNAVAILABLE, ProbeStatus
 from ..unwind.unwinder import ProcessUnwinders, Unwinder
 from . import abi
@@ -70,6 +70,12 @@ GROWTH_PROCESSES = 512
 GREW_STACKS = 3
 # The growth panel's processes.
 GROWING_SHOWN = 5
+# Growth tracking's mean bytes between two samples: tcmalloc's always-on 2 MiB, not leaks'
+# 512 KiB. A sample costs about 8 us in the kernel (most of it copying 8 KiB of user stack),
+# so at 512 KiB the storm's 3.2 GB of first touches cost 1.5-2 points of its time (BPF
+# run-time stats: mt_page_alloc +50-75 ns a run), at 2 MiB about 0.4; a 64 MiB cgroup's OOM
+# victim still has some 30 samples (its bytes within about 20%).
+GROWTH_SAMPLE_BYTES = 2 << 20
 # Returned by the ring-buffer callback to end this poll (libbpf stops at a negative value;
 # the event that returned it has been handled).
 _STOP_POLL = -1
@@ -197,7 +203,7 @@ class LiveSource(Loaded):
     def __init__(self, filt: Optional[Filter] = None, log: Optional[Log] = None,
                  options: Optional[BuildOptions] = None, symbolize: bool = True,
                  oom_score_adj: Optional[int] = None, probe_cost: bool = False,
-                 growth: bool = True, growth_sample_bytes: int = DEFAULT_SAMPLE_BYTES):
+                 growth: bool = True, growth_sample_bytes: int = GROWTH_SAMPLE_BYTES):
         self.filter = filt or Filter()
         # Always-on growth tracking (MT_PROBE_GROWTH): what an OOM kill's victim grew, what
         # grows now. Off: its probes are not compiled in, `grew` and `growing` stay empty.
@@ -315,6 +321,9 @@ class LiveSource(Loaded):
         if "MT_HAVE_GROWTH" not in self.layout.features:
             return ("this kernel's BTF or helpers lack what growth tracking reads "
                     "(see the notes)")
+        if not self.gfp.mask("__GFP_HARDWALL") or not self.gfp.mask("__GFP_MOVABLE"):
+            return ("this kernel names no __GFP_HARDWALL or __GFP_MOVABLE: user pages cannot "
+                    "be told apart")
         missing = {"SYSCALLS", "KMEM"} - families
         if missing:
             return f"growth tracking rides on the {', '.join(sorted(missing))} probes"
