@@ -16,15 +16,16 @@
  *
  * Every struct and constant user space reads (events, keys, drop reasons, allocator
  * numbers) and every size bound is in memtrace.h's leak profiler section. Kernel
- * struct offsets (MT_OFF_*) come from BTF as -D flags, like memtrace.bpf.c's. */
+ * struct offsets (MT_OFF_*) come from BTF as -D flags, like memtrace.bpf.c's. The growth
+ * sampler, the events and the stack copies are bpf/growth.bpf.h's, shared with the failure
+ * tracer's growth tracking (memtrace.bpf.c, MT_PROBE_GROWTH). */
 #include "memtrace.h"
 #include "task.bpf.h"
-
-#define LK_MAP_ANONYMOUS 0x20 /* MAP_ANONYMOUS of include/uapi/asm-generic/mman-common.h */
-/* madvise advice that gives pages back (include/uapi/asm-generic/mman-common.h) */
-#define LK_MADV_DONTNEED 4
-#define LK_MADV_FREE 8
-#define LK_MADV_REMOVE 9
+#ifdef LK_MODE_GROWTH
+#define GROWTH_SAMPLING 1
+#define GROWTH_MAPPED 1 /* mapped growth too: memtrace leaks reports both */
+#endif
+#include "growth.bpf.h"
 
 BPF_RINGBUF_OUTPUT(events, LK_RINGBUF_PAGES);
 BPF_HASH(children, u32, u8, LK_MAX_PROCESSES); /* traced processes beyond the -p ones */
@@ -36,12 +37,6 @@ static __always_inline void count_drop(u32 reason)
 	u64 *v = drops.lookup(&reason);
 	if (v)
 		*v += 1;
-}
-
-
-static __always_inline u64 task_memcg_id_current(void)
-{
-	return css_cgroup_id(task_memcg_css((void *)bpf_get_current_task()));
 }
 
 /* --cgroup: is the current task in the chosen cgroup or below it? */
@@ -88,69 +83,18 @@ static __always_inline int is_target(u32 tgid)
 #endif
 }
 
-static __always_inline u64 reg(void *regs, u64 off)
+/* bpf/growth.bpf.h's record and stack-copy helpers, on this program's ring buffer. */
+static __always_inline struct lk_event *growth_reserve(u32 bytes)
 {
-	u64 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), regs + off);
-	return v;
-}
-
-static __always_inline void fill_event(struct lk_event *e, u32 kind)
-{
-	u64 pid_tgid = bpf_get_current_pid_tgid();
-	e->ts_ns = bpf_ktime_get_ns();
-	e->cgroup_id = 0;
-	e->pid = pid_tgid >> 32;
-	e->tid = (u32)pid_tgid;
-	e->kind = kind;
-	e->stack_len = 0;
-	e->addr = e->len = e->old_addr = e->old_len = e->weight = 0;
-	e->ip = e->sp = e->bp = 0;
-	e->key.stack_id = -1;
-	e->key.pid = 0;
-	e->key.caller = 0;
-	e->child_pid = 0;
-	e->fn = 0;
-	bpf_get_current_comm(&e->comm, sizeof(e->comm));
-}
-
-/* An event that will carry a stack copy: the whole record. */
-static __always_inline struct lk_event *new_event(u32 kind)
-{
-	struct lk_event *e = events.ringbuf_reserve(sizeof(struct lk_event));
-	if (!e) {
+	struct lk_event *e = events.ringbuf_reserve(bytes);
+	if (!e)
 		count_drop(LK_DROP_RINGBUF);
-		return 0;
-	}
-	fill_event(e, kind);
 	return e;
 }
 
-/* An event without a stack: the record up to stack[] (about 150 bytes, not 8 KiB). */
-static __always_inline struct lk_event *new_small_event(u32 kind)
+static __always_inline void growth_stack_dropped(void)
 {
-	struct lk_event *e = events.ringbuf_reserve(__builtin_offsetof(struct lk_event, stack));
-	if (!e) {
-		count_drop(LK_DROP_RINGBUF);
-		return 0;
-	}
-	fill_event(e, kind);
-	return e;
-}
-
-/* The registers and the top of the user stack, for unwinding in user space. The
- * copy shrinks until it fits below the top of the stack mapping. */
-static __always_inline void snapshot(struct lk_event *e, void *regs)
-{
-	e->ip = reg(regs, MT_OFF_REGS_IP);
-	e->sp = reg(regs, MT_OFF_REGS_SP);
-	e->bp = reg(regs, MT_OFF_REGS_BP);
-	void *sp = (void *)e->sp;
-	u32 len = 0;
-	MT_COPY_STACK_TOP(e->stack, LK_STACK_BYTES, sp, len);
-	e->stack_len = len;
-	if (!len)
-		count_drop(LK_DROP_STACK_COPY);
+	count_drop(LK_DROP_STACK_COPY);
 }
 
 /* ---- process lifecycle: follow forks, report exec and exit ---- */
@@ -158,13 +102,8 @@ static __always_inline void snapshot(struct lk_event *e, void *regs)
 #ifdef LK_MODE_GROWTH
 /* Each process's break, to tell brk growth from shrinking. */
 BPF_TABLE("lru_hash", u32, u64, brk_last, LK_MAX_PROCESSES);
-/* The address span of each process's sampled growth: only releases that overlap it can
- * take back sampled bytes, so only those are reported (and exec/exit only for processes
- * that have one). Kernel-side only. */
-struct lk_span {
-	u64 lo;
-	u64 hi;
-};
+/* The address span of each process's sampled growth (struct lk_span): exec/exit are
+ * reported only for processes that have one. */
 BPF_TABLE("lru_hash", u32, struct lk_span, sampled, LK_MAX_PROCESSES);
 /* Sampled bytes whose event the full ring buffer refused, per process: key tgid << 1, | 1
  * for mapped growth (else resident). The detail is lost, the process's total is not. */
@@ -251,123 +190,58 @@ int lk_exit(struct bpf_raw_tracepoint_args *ctx)
 
 /* ======================================================================== */
 #ifdef LK_MODE_GROWTH
-/* Bytes left until the next sample, per CPU (0: not drawn yet). A sample point is a
- * Poisson process over the bytes whatever thread they belong to (the exponential
- * distribution has no memory), so one countdown per CPU serves every thread on it. */
+/* Bytes left until the next sample, per CPU (0: not drawn yet). */
 BPF_PERCPU_ARRAY(countdown, u64, 1);
 
-/* (32 - log2(u)) in fixed point with LK_LOG_FRACTION_BITS fractional bits, u >= 1:
- * the integer part from the highest set bit, the fraction by repeated squaring of the
- * mantissa (one bit per step). BPF has no floating point. */
-static __always_inline u64 neg_log2_fixed(u32 u)
-{
-	/* Branch-free, so the verifier walks one path, not one per bit. */
-	u32 x = u, e = 0, s;
-	s = (x >= (1U << 16)) << 4; x >>= s; e += s;
-	s = (x >= (1U << 8)) << 3; x >>= s; e += s;
-	s = (x >= (1U << 4)) << 2; x >>= s; e += s;
-	s = (x >= (1U << 2)) << 1; x >>= s; e += s;
-	e += x >> 1;
-	u64 m = ((u64)u) << (31 - e); /* the mantissa in [1, 2) with 31 fractional bits */
-	u64 frac = 0;
-#pragma unroll
-	for (int i = 0; i < LK_LOG_FRACTION_BITS; i++) {
-		m = (m * m) >> 31; /* m < 2^32: the square fits in 64 bits; now m < 2^33 */
-		u64 bit = m >> 32;  /* 1 when the square reached 2 */
-		m >>= bit;
-		frac = (frac << 1) | bit;
-	}
-	return ((u64)32 << LK_LOG_FRACTION_BITS) - (((u64)e << LK_LOG_FRACTION_BITS) | frac);
-}
-
-/* An exponentially distributed number of bytes with mean LK_SAMPLE_BYTES:
- * -ln(U) * mean = (32 - log2(u)) * ln 2 * mean for u uniform in [1, 2^32). */
-static __always_inline u64 next_gap(void)
-{
-	u32 u = bpf_get_prandom_u32();
-	if (!u)
-		u = 1;
-	u64 t = ((u64)LK_SAMPLE_BYTES * neg_log2_fixed(u)) >> LK_LOG_FRACTION_BITS;
-	u64 gap = (t * LK_LN2_Q16) >> 16;
-	return gap ? gap : 1;
-}
-
-/* Count n bytes against this CPU's countdown. Returns 0 when no sample point falls in
- * them, else the bytes the event stands for: LK_SAMPLE_BYTES for its first sample point
- * and, exactly, its bytes after that point (unbiased for exponential gaps; one sample
- * per event however large it is). */
-static __always_inline u64 sample_bytes(u64 n)
+/* bpf/growth.bpf.h's sampler state, in this program's maps. */
+static __always_inline u64 *growth_countdown(void)
 {
 	u32 zero = 0;
-	u64 *left = countdown.lookup(&zero);
-	if (!left || !n)
-		return 0;
-	u64 l = *left;
-	if (!l)
-		l = next_gap(); /* this CPU's first event */
-	if (n < l) {
-		*left = l - n;
-		return 0;
-	}
-	*left = next_gap();
-	return LK_SAMPLE_BYTES + (n - l);
+	return countdown.lookup(&zero);
 }
 
-/* After the sampler chose an event: is it ours (--cgroup), and remember its span. */
-static __always_inline int accept_sample(u32 tgid, u64 lo, u64 hi)
+static __always_inline struct lk_span *growth_span(u32 tgid)
+{
+	return sampled.lookup(&tgid);
+}
+
+static __always_inline void growth_span_new(u32 tgid, struct lk_span *s)
+{
+	sampled.update(&tgid, s);
+}
+
+static __always_inline u64 *growth_break(u32 tgid)
+{
+	return brk_last.lookup(&tgid);
+}
+
+static __always_inline void growth_break_new(u32 tgid, u64 brk)
+{
+	brk_last.update(&tgid, &brk);
+}
+
+static __always_inline void growth_submit(struct lk_event *e)
+{
+	events.ringbuf_submit(e, 0);
+}
+
+static __always_inline void growth_lost(u64 key, u64 bytes)
+{
+	u64 *n = lost.lookup(&key);
+	if (n)
+		__sync_fetch_and_add(n, bytes);
+	else
+		lost.update(&key, &bytes);
+}
+
+/* --cgroup: only the chosen cgroup's tree (checked on sampled events only). */
+static __always_inline int growth_wanted(void)
 {
 #if LK_CGROUP_ID
-	if (!in_chosen_cgroup())
-		return 0;
-#endif
-	struct lk_span *s = sampled.lookup(&tgid);
-	if (s) {
-		if (lo < s->lo)
-			s->lo = lo;
-		if (hi > s->hi)
-			s->hi = hi;
-	} else {
-		struct lk_span fresh = {lo, hi};
-		sampled.update(&tgid, &fresh);
-	}
+	return in_chosen_cgroup();
+#else
 	return 1;
-}
-
-/* A release of [lo, hi): worth reporting only if it overlaps the process's samples. */
-static __always_inline int overlaps_samples(u32 tgid, u64 lo, u64 hi)
-{
-	struct lk_span *s = sampled.lookup(&tgid);
-	return s && lo < s->hi && hi > s->lo;
-}
-
-static __always_inline struct lk_event *sampled_event(u32 kind, u64 weight)
-{
-	struct lk_event *e = new_event(kind);
-	if (!e) {
-		u64 key = ((bpf_get_current_pid_tgid() >> 32) << 1) | (kind != LK_EV_FAULT);
-		u64 *n = lost.lookup(&key);
-		if (n) {
-			__sync_fetch_and_add(n, weight);
-		} else {
-			lost.update(&key, &weight);
-		}
-		return 0;
-	}
-	e->weight = weight;
-	e->cgroup_id = task_memcg_id_current();
-	return e;
-}
-
-static __always_inline void release(u32 kind, u32 tgid, u64 addr, u64 len)
-{
-	if (!overlaps_samples(tgid, addr, addr + len))
-		return;
-	struct lk_event *e = new_small_event(kind);
-	if (!e)
-		return;
-	e->addr = addr;
-	e->len = len;
-	events.ringbuf_submit(e, 0);
+#endif
 }
 
 /* sys_exit(struct pt_regs *regs, long ret): the syscalls that grow or shrink memory. */
@@ -377,119 +251,22 @@ int lk_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	if (!LK_ALL && !is_target(tgid))
 		return 0;
 	void *regs = (void *)ctx->args[0];
-	s64 nr = reg(regs, MT_OFF_REGS_ORIG_AX);
+	s64 nr = growth_reg(regs, MT_OFF_REGS_ORIG_AX);
 	if (nr != MT_NR_MMAP && nr != MT_NR_MUNMAP && nr != MT_NR_MREMAP && nr != MT_NR_BRK &&
 	    nr != MT_NR_MADVISE)
 		return 0; /* the common case on a busy host: one register read */
 	if (LK_ALL && !is_target(tgid))
 		return 0;
-	long ret = ctx->args[1];
-	struct lk_event *e;
-	if (nr == MT_NR_MMAP) {
-		if ((u64)ret >= (u64)-4095 || !(reg(regs, MT_OFF_REGS_R10) & LK_MAP_ANONYMOUS))
-			return 0;
-		u64 len = (reg(regs, MT_OFF_REGS_SI) + 4095) & ~4095ULL;
-		u64 w = sample_bytes(len);
-		if (!w || !accept_sample(tgid, ret, ret + len))
-			return 0;
-		e = sampled_event(LK_EV_MMAP, w);
-		if (!e)
-			return 0;
-		e->addr = ret;
-		e->len = len;
-		snapshot(e, regs);
-		events.ringbuf_submit(e, 0);
-	} else if (nr == MT_NR_MUNMAP) {
-		if (ret == 0)
-			release(LK_EV_MUNMAP, tgid, reg(regs, MT_OFF_REGS_DI),
-				(reg(regs, MT_OFF_REGS_SI) + 4095) & ~4095ULL);
-	} else if (nr == MT_NR_MADVISE) {
-		u64 advice = reg(regs, MT_OFF_REGS_DX);
-		if (ret == 0 && (advice == LK_MADV_DONTNEED || advice == LK_MADV_FREE ||
-				 advice == LK_MADV_REMOVE))
-			release(LK_EV_MADVISE, tgid, reg(regs, MT_OFF_REGS_DI),
-				(reg(regs, MT_OFF_REGS_SI) + 4095) & ~4095ULL);
-	} else if (nr == MT_NR_MREMAP) {
-		if ((u64)ret >= (u64)-4095)
-			return 0;
-		u64 old_addr = reg(regs, MT_OFF_REGS_DI);
-		u64 old_len = (reg(regs, MT_OFF_REGS_SI) + 4095) & ~4095ULL;
-		u64 len = (reg(regs, MT_OFF_REGS_DX) + 4095) & ~4095ULL;
-		u64 w = len > old_len ? sample_bytes(len - old_len) : 0;
-		if (w && accept_sample(tgid, ret, ret + len)) {
-			e = sampled_event(LK_EV_MREMAP, w);
-			if (!e)
-				return 0;
-			snapshot(e, regs);
-		} else if (overlaps_samples(tgid, old_addr, old_addr + old_len)) {
-			e = new_small_event(LK_EV_MREMAP); /* a move or shrink of sampled bytes */
-			if (!e)
-				return 0;
-			struct lk_span *s = sampled.lookup(&tgid);
-			if (s) { /* the moved samples now live at the new address */
-				if ((u64)ret < s->lo)
-					s->lo = ret;
-				if ((u64)ret + len > s->hi)
-					s->hi = ret + len;
-			}
-		} else {
-			return 0;
-		}
-		e->old_addr = old_addr;
-		e->old_len = old_len;
-		e->addr = ret;
-		e->len = len;
-		events.ringbuf_submit(e, 0);
-	} else if (nr == MT_NR_BRK) {
-		u64 now = (u64)ret;
-		u64 *last = brk_last.lookup(&tgid);
-		if (!last) {
-			brk_last.update(&tgid, &now); /* the first brk seen: the baseline */
-			return 0;
-		}
-		u64 before = *last;
-		if (now == before)
-			return 0;
-		*last = now;
-		if (now < before) {
-			release(LK_EV_BRK_SHRINK, tgid, now, before - now);
-			return 0;
-		}
-		u64 w = sample_bytes(now - before);
-		if (!w || !accept_sample(tgid, before, now))
-			return 0;
-		e = sampled_event(LK_EV_BRK, w);
-		if (!e)
-			return 0;
-		e->addr = before;
-		e->len = now - before;
-		snapshot(e, regs);
-		events.ringbuf_submit(e, 0);
-	}
+	growth_syscall(regs, nr, ctx->args[1], tgid);
 	return 0;
 }
 
-/* page_fault_user(unsigned long address, struct pt_regs *regs, unsigned long error_code):
- * a write fault is a page first touched (or copied on write): resident growth, one page
- * into the byte sampler. */
+/* page_fault_user(unsigned long address, struct pt_regs *regs, unsigned long error_code) */
 int lk_page_fault(struct bpf_raw_tracepoint_args *ctx)
 {
-	if (!(ctx->args[2] & 2))
-		return 0; /* a read fault maps the zero page or page cache: no new memory */
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!is_target(tgid))
-		return 0;
-	u64 w = sample_bytes(MT_PAGE_SIZE);
-	u64 addr = ctx->args[0] & ~((u64)MT_PAGE_SIZE - 1);
-	if (!w || !accept_sample(tgid, addr, addr + MT_PAGE_SIZE))
-		return 0;
-	struct lk_event *e = sampled_event(LK_EV_FAULT, w);
-	if (!e)
-		return 0;
-	e->addr = addr;
-	e->len = MT_PAGE_SIZE;
-	snapshot(e, (void *)ctx->args[1]);
-	events.ringbuf_submit(e, 0);
+	if (is_target(tgid))
+		growth_fault(ctx, tgid);
 	return 0;
 }
 #endif /* LK_MODE_GROWTH */
@@ -526,7 +303,7 @@ static __always_inline int enter(struct pt_regs *ctx, u32 fn, u64 size, u64 old_
 	en.key.stack_id = stacks.get_stackid(ctx, BPF_F_USER_STACK);
 	if (en.key.stack_id < 0)
 		count_drop(LK_DROP_STACK_ID);
-	bpf_probe_read_user(&en.key.caller, 8, (void *)reg(ctx, MT_OFF_REGS_SP));
+	bpf_probe_read_user(&en.key.caller, 8, (void *)growth_reg(ctx, MT_OFF_REGS_SP));
 	inflight.update(&tid, &en);
 	if (!stats.lookup(&en.key)) {
 		/* A stack not seen yet: one copy of it, for DWARF unwinding in user space. */
@@ -561,7 +338,7 @@ static __always_inline int leave(struct pt_regs *ctx)
 	struct lk_entry *en = inflight.lookup(&tid);
 	if (!en)
 		return 0;
-	u64 ptr = reg(ctx, MT_OFF_REGS_AX);
+	u64 ptr = growth_reg(ctx, MT_OFF_REGS_AX);
 	if (en->fn == LK_FN_POSIX_MEMALIGN) {
 		/* returns 0 or an errno; the block is in *memptr */
 		if (ptr != 0) {
@@ -624,49 +401,49 @@ static __always_inline int leave(struct pt_regs *ctx)
 
 int lk_malloc(struct pt_regs *ctx)
 {
-	return enter(ctx, LK_FN_MALLOC, reg(ctx, MT_OFF_REGS_DI), 0, 0);
+	return enter(ctx, LK_FN_MALLOC, growth_reg(ctx, MT_OFF_REGS_DI), 0, 0);
 }
 
 int lk_calloc(struct pt_regs *ctx)
 {
-	return enter(ctx, LK_FN_CALLOC, reg(ctx, MT_OFF_REGS_DI) * reg(ctx, MT_OFF_REGS_SI), 0, 0);
+	return enter(ctx, LK_FN_CALLOC, growth_reg(ctx, MT_OFF_REGS_DI) * growth_reg(ctx, MT_OFF_REGS_SI), 0, 0);
 }
 
 int lk_realloc(struct pt_regs *ctx)
 {
-	return enter(ctx, LK_FN_REALLOC, reg(ctx, MT_OFF_REGS_SI), reg(ctx, MT_OFF_REGS_DI), 0);
+	return enter(ctx, LK_FN_REALLOC, growth_reg(ctx, MT_OFF_REGS_SI), growth_reg(ctx, MT_OFF_REGS_DI), 0);
 }
 
 int lk_reallocarray(struct pt_regs *ctx)
 {
-	return enter(ctx, LK_FN_REALLOCARRAY, reg(ctx, MT_OFF_REGS_SI) * reg(ctx, MT_OFF_REGS_DX),
-		     reg(ctx, MT_OFF_REGS_DI), 0);
+	return enter(ctx, LK_FN_REALLOCARRAY, growth_reg(ctx, MT_OFF_REGS_SI) * growth_reg(ctx, MT_OFF_REGS_DX),
+		     growth_reg(ctx, MT_OFF_REGS_DI), 0);
 }
 
 int lk_posix_memalign(struct pt_regs *ctx)
 {
-	return enter(ctx, LK_FN_POSIX_MEMALIGN, reg(ctx, MT_OFF_REGS_DX), 0,
-		     reg(ctx, MT_OFF_REGS_DI));
+	return enter(ctx, LK_FN_POSIX_MEMALIGN, growth_reg(ctx, MT_OFF_REGS_DX), 0,
+		     growth_reg(ctx, MT_OFF_REGS_DI));
 }
 
 int lk_aligned_alloc(struct pt_regs *ctx)
 {
-	return enter(ctx, LK_FN_ALIGNED_ALLOC, reg(ctx, MT_OFF_REGS_SI), 0, 0);
+	return enter(ctx, LK_FN_ALIGNED_ALLOC, growth_reg(ctx, MT_OFF_REGS_SI), 0, 0);
 }
 
 int lk_memalign(struct pt_regs *ctx)
 {
-	return enter(ctx, LK_FN_MEMALIGN, reg(ctx, MT_OFF_REGS_SI), 0, 0);
+	return enter(ctx, LK_FN_MEMALIGN, growth_reg(ctx, MT_OFF_REGS_SI), 0, 0);
 }
 
 int lk_valloc(struct pt_regs *ctx)
 {
-	return enter(ctx, LK_FN_VALLOC, reg(ctx, MT_OFF_REGS_DI), 0, 0);
+	return enter(ctx, LK_FN_VALLOC, growth_reg(ctx, MT_OFF_REGS_DI), 0, 0);
 }
 
 int lk_pvalloc(struct pt_regs *ctx)
 {
-	return enter(ctx, LK_FN_PVALLOC, reg(ctx, MT_OFF_REGS_DI), 0, 0);
+	return enter(ctx, LK_FN_PVALLOC, growth_reg(ctx, MT_OFF_REGS_DI), 0, 0);
 }
 
 int lk_alloc_return(struct pt_regs *ctx)
@@ -676,7 +453,7 @@ int lk_alloc_return(struct pt_regs *ctx)
 
 int lk_free(struct pt_regs *ctx)
 {
-	u64 ptr = reg(ctx, MT_OFF_REGS_DI);
+	u64 ptr = growth_reg(ctx, MT_OFF_REGS_DI);
 	if (ptr)
 		forget(ptr);
 	return 0;

@@ -7,6 +7,9 @@
  *   MT_PROBE_KMSG      the kernel's console lines that are evidence (console)
  *   MT_PROBE_DECISIONS the kernel's decision points (kretprobes; needs MT_PROBE_KMEM)
  *   MT_PROBE_CGROUPS   every cgroup's kernfs id and path as it is made or renamed
+ *   MT_PROBE_PROCESSES where each process's code is (exec, executable mappings, fork)
+ *   MT_PROBE_GROWTH    every process's resident growth, sampled by bytes, for what grew
+ *                      before an OOM kill and what grows now (bpf/growth.bpf.h)
  * The leak profiler is the other program, bpf/leaks.bpf.c.
  *
  * One file, not one per family: bcc rewrites map calls (events.ringbuf_reserve(),
@@ -19,6 +22,11 @@
  * running kernel's BTF by tracer/kernel/build.py and passed as a -D flag. */
 #include "memtrace.h"
 #include "task.bpf.h"
+#ifdef MT_PROBE_GROWTH
+#define GROWTH_SAMPLING 1
+#define GROWTH_MAPPED 0 /* what became resident is what an OOM kill asks about */
+#include "growth.bpf.h"
+#endif
 
 /* ======================================================================== */
 /* Shared by every family: kernel constants, maps, and the helpers that fill an
@@ -554,6 +562,273 @@ static __always_inline s32 kernel_stack(void *ctx)
 }
 
 /* ======================================================================== */
+#ifdef MT_PROBE_GROWTH
+/* Growth of every process but memtrace, kept so that an OOM kill can say what the victim
+ * (and its memory cgroup's other processes) grew in the minutes before, although the
+ * victim is gone by the time anyone asks: bpf/growth.bpf.h's byte sampler over anonymous
+ * memory, each sample with a copy of the user stack, and the releases of sampled memory
+ * (munmap, madvise, brk shrinking, mremap moves), on a ring buffer of their own.
+ *
+ * No program of its own on the hot paths: a program on page faults costs about 100 ns a
+ * fault on this kind of host (a tracepoint's dispatch), so the sampler rides in the page
+ * allocator's program (mt_page_alloc, run for every page anyway), counting user pages
+ * (__GFP_HARDWALL and __GFP_MOVABLE: anonymous memory and page cache, not page tables),
+ * huge pages by their order; the syscall side rides
+ * in mt_sys_exit (a second sys_exit program would cost a whole run on every syscall), exec
+ * in mt_exec. Only exits have a program of their own (rare).
+ *
+ * A page is not mapped yet when it is allocated: the sample waits in the CPU's state until a
+ * later user page allocation on that CPU reads from the page whether it became anonymous
+ * memory (page cache and shared memory are not growth here) and where: its index in its
+ * anon_vma, and the mapping of the process holding that index. */
+
+BPF_RINGBUF_OUTPUT(growth_events, MT_GROWTH_RINGBUF_PAGES);
+/* The countdown and the waiting sample (struct mt_growth_cpu), and that sample's event. */
+BPF_PERCPU_ARRAY(growth_cpu, struct mt_growth_cpu, 1);
+BPF_PERCPU_ARRAY(growth_scratch, struct lk_event, 1);
+/* The span of each process's sampled addresses (struct lk_span) and its last break. */
+BPF_TABLE("lru_hash", u32, struct lk_span, growth_spans, LK_MAX_PROCESSES);
+BPF_TABLE("lru_hash", u32, u64, growth_breaks, LK_MAX_PROCESSES);
+/* Sampled bytes whose record the full ring buffer refused, per process (key tgid << 1):
+ * the stacks are lost, the process's growth is not. Kept past the process's exit (an OOM
+ * victim's are read after it), the least recent forgotten. */
+BPF_TABLE("lru_hash", u64, u64, lost_growth, LK_MAX_PROCESSES);
+
+static __always_inline struct lk_event *growth_reserve(u32 bytes)
+{
+	struct lk_event *e = growth_events.ringbuf_reserve(bytes);
+	if (!e)
+		count_drop(MT_DROP_GROWTH_RINGBUF);
+	return e;
+}
+
+static __always_inline void growth_stack_dropped(void)
+{
+	count_drop(MT_DROP_GROWTH_STACK_COPY);
+}
+
+static __always_inline u64 *growth_countdown(void)
+{
+	u32 zero = 0;
+	struct mt_growth_cpu *c = growth_cpu.lookup(&zero);
+	return c ? &c->left : 0;
+}
+
+static __always_inline struct lk_span *growth_span(u32 tgid)
+{
+	return growth_spans.lookup(&tgid);
+}
+
+static __always_inline void growth_span_new(u32 tgid, struct lk_span *s)
+{
+	growth_spans.update(&tgid, s);
+}
+
+static __always_inline u64 *growth_break(u32 tgid)
+{
+	return growth_breaks.lookup(&tgid);
+}
+
+static __always_inline void growth_break_new(u32 tgid, u64 brk)
+{
+	growth_breaks.update(&tgid, &brk);
+}
+
+/* memtrace reads growth every tenth of a second without waiting on it: no wake-up (each would
+ * cost an interrupt on the CPU that submits). */
+#define MT_RB_NO_WAKEUP 1 /* BPF_RB_NO_WAKEUP of include/uapi/linux/bpf.h */
+
+static __always_inline void growth_submit(struct lk_event *e)
+{
+	growth_events.ringbuf_submit(e, MT_RB_NO_WAKEUP);
+}
+
+static __always_inline void growth_lost(u64 key, u64 bytes)
+{
+	u64 *n = lost_growth.lookup(&key);
+	if (n) {
+		__sync_fetch_and_add(n, bytes);
+		return;
+	}
+	if (lost_growth.insert(&key, &bytes) != 0) { /* another CPU made it first */
+		n = lost_growth.lookup(&key);
+		if (n)
+			__sync_fetch_and_add(n, bytes);
+	}
+}
+
+static __always_inline int growth_wanted(void)
+{
+	return 1;
+}
+
+/* memtrace's own growth is left out: reading growth makes memtrace grow. */
+static __always_inline int growth_of_self(u32 tgid)
+{
+#ifdef MT_SELF_TGID
+	return tgid == MT_SELF_TGID;
+#else
+	return 0;
+#endif
+}
+
+/* From mt_sys_exit, which read the syscall number: munmap and madvise returning 0, brk and
+ * mremap returning an address. Everything else costs four comparisons. */
+static __always_inline void growth_after_syscall(void *regs, s64 nr, long ret)
+{
+	if (nr != MT_NR_MUNMAP && nr != MT_NR_MADVISE && nr != MT_NR_BRK && nr != MT_NR_MREMAP)
+		return;
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!growth_of_self(tgid))
+		growth_syscall(regs, nr, ret, tgid);
+}
+
+/* Where an anonymous page of `mm` with this index in its anon_vma is mapped: the process's
+ * mapping in the anon_vma's tree (an interval tree of mappings by page offset) whose offsets
+ * hold the index. A private anonymous mapping's offsets start at its address's page number,
+ * and keep it when mremap moves it, so without the walk (more than MT_GROWTH_TREE_STEPS
+ * steps, a tree changing under us) the page is placed where it was first mapped. */
+static __always_inline u64 growth_anon_address(void *anon_vma, u64 index, void *mm)
+{
+	void *node = read_ptr(anon_vma, MT_OFF_ANON_VMA_RB_NODE);
+	for (int i = 0; i < MT_GROWTH_TREE_STEPS && node; i++) {
+		void *vma = read_ptr(node - MT_OFF_AVC_RB, MT_OFF_AVC_VMA);
+		if (!vma)
+			break;
+		u64 pgoff = 0, start = 0, end = 0;
+		bpf_probe_read_kernel(&pgoff, sizeof(pgoff), vma + MT_OFF_VMA_VM_PGOFF);
+		if (index < pgoff) {
+			node = read_ptr(node, MT_OFF_RB_LEFT);
+			continue;
+		}
+		bpf_probe_read_kernel(&start, sizeof(start), vma + MT_OFF_VMA_VM_START);
+		bpf_probe_read_kernel(&end, sizeof(end), vma + MT_OFF_VMA_VM_END);
+		if (index < pgoff + ((end - start) >> MT_PAGE_SHIFT) && read_ptr(vma, MT_OFF_VMA_VM_MM) == mm)
+			return start + ((index - pgoff) << MT_PAGE_SHIFT);
+		node = read_ptr(node, MT_OFF_RB_RIGHT);
+	}
+	return index << MT_PAGE_SHIFT;
+}
+
+/* This CPU's waiting sample, at a later user page allocation (`fresh`, its page): sent if
+ * its page became anonymous memory, at the address where it is mapped; dropped if it did not
+ * (page cache, shared memory, KSM) or was freed. A page not mapped yet and still held is on
+ * its way (a huge page is zeroed first, then its fault allocates a page table before mapping
+ * it; a charge near a cgroup's limit reclaims first): it waits, unless `now` says it waited
+ * longer than MT_GROWTH_WAIT_NS. Returns whether no sample waits any more. */
+static __always_inline int growth_page_mapped(struct mt_growth_cpu *c, u64 fresh, u64 now)
+{
+	u64 page = c->page;
+	u32 zero = 0;
+	struct lk_event *e = growth_scratch.lookup(&zero);
+	if (page == fresh || !e) { /* freed and handed out again */
+		c->page = 0;
+		return 1;
+	}
+	u64 mapping = (u64)read_ptr((void *)page, MT_OFF_FOLIO_MAPPING);
+	if (!mapping && !(now && now - e->ts_ns > MT_GROWTH_WAIT_NS)) {
+		s32 refs = 0;
+		bpf_probe_read_kernel(&refs, sizeof(refs), (void *)page + MT_OFF_FOLIO_REFCOUNT);
+		if (refs > 0)
+			return 0;
+	}
+	c->page = 0;
+	if ((mapping & 3) != 1)
+		return 1; /* FOLIO_MAPPING_ANON alone: anonymous memory */
+	u64 index = 0;
+	bpf_probe_read_kernel(&index, sizeof(index), (void *)page + MT_OFF_FOLIO_INDEX);
+	u64 addr = growth_anon_address((void *)(mapping & ~3ULL), index, (void *)c->mm);
+	e->addr = addr;
+	if (!accept_sample(e->pid, addr, addr + e->len))
+		return 1;
+	u64 size = __builtin_offsetof(struct lk_event, stack) + e->stack_len;
+	if (size > sizeof(*e))
+		size = sizeof(*e);
+	if (growth_events.ringbuf_output(e, size, MT_RB_NO_WAKEUP) != 0) {
+		count_drop(MT_DROP_GROWTH_RINGBUF);
+		growth_lost((u64)e->pid << 1, e->weight);
+	}
+	return 1;
+}
+
+/* A sample point fell in this allocation of `bytes` (standing for `weight`): if a user
+ * process's, its event (with the user stack) waits for the page to be mapped. While the
+ * CPU's previous sample is still on its way, the point moves on to the next user allocation
+ * (a page table its fault allocates, usually): the bytes after the point in this one are the
+ * estimate's only loss. */
+static __always_inline void growth_page_sampled(struct mt_growth_cpu *c, u64 page, u64 bytes,
+						u64 weight)
+{
+	void *task = (void *)bpf_get_current_task();
+	u32 task_flags = 0;
+	bpf_probe_read_kernel(&task_flags, sizeof(task_flags), task + MT_OFF_TASK_FLAGS);
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	if ((task_flags & MT_PF_KTHREAD) || growth_of_self(pid_tgid >> 32))
+		return;
+	void *mm = read_ptr(task, MT_OFF_TASK_MM);
+	u32 zero = 0;
+	struct lk_event *e = growth_scratch.lookup(&zero);
+	if (!mm || !e)
+		return;
+	if (c->page && !growth_page_mapped(c, page, bpf_ktime_get_ns())) {
+		c->left = 1;
+		return;
+	}
+	fill_event(e, LK_EV_FAULT);
+	e->weight = weight;
+	e->len = bytes;
+	e->cgroup_id = css_cgroup_id(task_memcg_css(task));
+	snapshot(e, (void *)bpf_task_pt_regs((struct task_struct *)bpf_get_current_task_btf()));
+	c->page = page;
+	c->mm = (u64)mm;
+}
+
+/* From mt_page_alloc: a page (or a huge page, by its order) allocated for a user allocation. */
+static __always_inline void growth_page(struct bpf_raw_tracepoint_args *ctx)
+{
+	u32 zero = 0;
+	struct mt_growth_cpu *c = growth_cpu.lookup(&zero);
+	if (!c)
+		return;
+	if (c->page)
+		growth_page_mapped(c, ctx->args[0], 0);
+	u64 bytes = (u64)MT_PAGE_SIZE << (ctx->args[1] & 15);
+	u64 weight = sample_bytes_at(&c->left, bytes);
+	if (weight)
+		growth_page_sampled(c, ctx->args[0], bytes, weight);
+}
+
+/* A process image ends (exec, exit): its heap and samples with it. Returns whether it had
+ * sampled growth, which user space must then hear about. */
+static __always_inline int growth_forget(u32 tgid)
+{
+	int had = growth_spans.lookup(&tgid) != 0;
+	growth_spans.delete(&tgid);
+	growth_breaks.delete(&tgid);
+	return had;
+}
+
+static __always_inline void growth_ended(u32 tgid, u32 kind)
+{
+	if (!growth_forget(tgid))
+		return;
+	struct lk_event *e = new_small_event(kind);
+	if (e)
+		growth_submit(e);
+}
+
+/* sched_process_exit(struct task_struct *p, bool group_dead) */
+int mt_growth_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u32 tgid = pid_tgid >> 32;
+	if (tgid == (u32)pid_tgid) /* only the process's main thread ends it */
+		growth_ended(tgid, LK_EV_EXIT);
+	return 0;
+}
+#endif /* MT_PROBE_GROWTH */
+
+/* ======================================================================== */
 #ifdef MT_PROBE_SYSCALLS
 /* Failing syscalls: every syscall that fails with ENOMEM (and the memory syscalls'
  * EAGAIN), brk's silent failure, and the kernel failures that happened inside them.
@@ -644,12 +919,10 @@ static __always_inline void clear_pending(u32 tid)
 	}
 }
 
-/* Returns 1 when the syscall failed and an event was handled. */
-static __always_inline int syscall_failed(struct bpf_raw_tracepoint_args *ctx, long ret)
+/* Returns 1 when the syscall (nr, from its saved registers) failed and an event was handled. */
+static __always_inline int syscall_failed(struct bpf_raw_tracepoint_args *ctx, long ret, s64 nr)
 {
 	void *regs = (void *)ctx->args[0];
-	s64 nr = -1;
-	bpf_probe_read_kernel(&nr, sizeof(nr), regs + MT_OFF_REGS_ORIG_AX);
 
 	u32 flags = 0;
 	u32 err = 0;
@@ -794,12 +1067,26 @@ int mt_range_tail(struct bpf_raw_tracepoint_args *ctx)
 }
 #endif
 
+/* Growth tracking also needs the syscall number when a call returns 0 (munmap, madvise). */
+#ifdef MT_PROBE_GROWTH
+#define MT_GROWTH_ZERO_RETURN 1
+#else
+#define MT_GROWTH_ZERO_RETURN 0
+#endif
+
 int mt_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 {
 	long ret = ctx->args[1];
 	/* Anything below MT_MIN_BRK_ADDR cannot be a break address. */
-	if (ret == -ENOMEM || ret == -EAGAIN || ret >= MT_MIN_BRK_ADDR) {
-		if (syscall_failed(ctx, ret))
+	if (ret == -ENOMEM || ret == -EAGAIN || ret >= MT_MIN_BRK_ADDR ||
+	    (MT_GROWTH_ZERO_RETURN && ret == 0)) {
+		void *regs = (void *)ctx->args[0];
+		s64 nr = -1;
+		bpf_probe_read_kernel(&nr, sizeof(nr), regs + MT_OFF_REGS_ORIG_AX);
+#ifdef MT_PROBE_GROWTH
+		growth_after_syscall(regs, nr, ret);
+#endif
+		if (ret != 0 && syscall_failed(ctx, ret, nr))
 			return 0;
 	}
 	u32 zero = 0;
@@ -962,8 +1249,13 @@ static __always_inline void kernel_failure(void *ctx, u32 kind, u64 size, u32 or
 /* mm_page_alloc(struct page *page, unsigned int order, gfp_t gfp, int migratetype) */
 int mt_page_alloc(struct bpf_raw_tracepoint_args *ctx)
 {
-	if (ctx->args[0])
+	if (ctx->args[0]) {
+#ifdef MT_PROBE_GROWTH
+		if (((u32)ctx->args[2] & MT_GFP_USER_MOVABLE) == MT_GFP_USER_MOVABLE)
+			growth_page(ctx); /* a user page: growth's sampler */
+#endif
 		return 0;
+	}
 	u32 order = (u32)ctx->args[1];
 	kernel_failure(ctx, MT_KIND_PAGE_ALLOC, (u64)MT_PAGE_SIZE << (order & 31), order,
 		       (u32)ctx->args[2], (s32)ctx->args[3], 0);
@@ -1300,6 +1592,9 @@ static __always_inline struct mt_event *process_event(u32 kind)
 /* sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm) */
 int mt_exec(struct bpf_raw_tracepoint_args *ctx)
 {
+#ifdef MT_PROBE_GROWTH
+	growth_ended(bpf_get_current_pid_tgid() >> 32, LK_EV_EXEC); /* a new image, a new heap */
+#endif
 	void *task = (void *)ctx->args[0];
 	void *mm = read_ptr(task, MT_OFF_TASK_MM);
 	if (!mm)

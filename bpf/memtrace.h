@@ -17,6 +17,9 @@
 #ifndef MT_PAGE_SIZE
 #define MT_PAGE_SIZE 4096
 #endif
+#ifndef MT_PAGE_SHIFT
+#define MT_PAGE_SHIFT 12
+#endif
 
 /* TASK_COMM_LEN of include/linux/sched.h: what bpf_get_current_comm() fills. */
 #define MT_COMM_LEN 16
@@ -67,6 +70,26 @@
 #ifndef MT_USTACK_SITES
 #define MT_USTACK_SITES 4096
 #endif
+
+/* Growth tracking (MT_PROBE_GROWTH, bpf/growth.bpf.h): its own ring buffer of struct
+ * lk_event (a sampled first touch with its stack copy is about 8 KiB; a release, exec or exit
+ * about 150 bytes). 1024 pages = 4 MiB = about 500 samples, LK_SAMPLE_BYTES each on average:
+ * memtrace reads it every tenth of a second. A full ring buffer loses samples' stacks, never
+ * their bytes (counted per process in `growth_lost`); a lost release is counted as a drop. */
+#ifndef MT_GROWTH_RINGBUF_PAGES
+#define MT_GROWTH_RINGBUF_PAGES 1024
+#endif
+
+/* How long a sampled page may stay unmapped and held before the next sample on its CPU
+ * gives up on it (a huge page is zeroed, a charge near a cgroup's limit reclaims, before the
+ * page is mapped; until then a sample point moves on to the next user allocation). */
+#ifndef MT_GROWTH_WAIT_NS
+#define MT_GROWTH_WAIT_NS 50000000ULL
+#endif
+
+/* Steps of the walk down an anon_vma's tree of mappings that finds where a sampled page is
+ * mapped (more: the page is placed where it would be had its mapping never moved). */
+#define MT_GROWTH_TREE_STEPS 8
 
 /* Kernel failures remembered per thread and attached to its failing syscall. A
  * power of two: the BPF code bounds its index with & (MT_MAX_LINKED - 1). */
@@ -127,7 +150,9 @@
 #define MT_DROP_KERNEL_STACK 4   /* kernel stack could not be captured */
 #define MT_DROP_STACK_COPY_RATE 5 /* a user stack copy was skipped: its call site's budget was spent */
 #define MT_DROP_STACK_COPY 6     /* not even 256 bytes of user stack could be copied */
-#define MT_DROP_MAX 7
+#define MT_DROP_GROWTH_RINGBUF 7 /* growth ring buffer full: a sample's stack (not its bytes) or a release lost */
+#define MT_DROP_GROWTH_STACK_COPY 8 /* a growth sample's user stack could not be copied */
+#define MT_DROP_MAX 9
 
 /* One kernel-side allocation failure (page, slab, vmalloc, percpu). Streamed on its
  * own when it is not opportunistic, and kept per thread so the syscall it happens
@@ -284,6 +309,17 @@ struct mt_event {
 struct mt_event_full {
 	struct mt_event e;
 	__u8 stack[MT_USTACK_BYTES];
+};
+
+/* Growth tracking's state on one CPU: the value of `growth_cpu` (kernel-side only; mirrored
+ * so its layout is checked like the rest). The page allocator's program samples by bytes;
+ * the page of a sample is not mapped yet when it is allocated, so the sample waits here
+ * until a later user page allocation on this CPU finds it mapped (or freed, or given to
+ * something else than anonymous memory), and reads where it went. */
+struct mt_growth_cpu {
+	__u64 left;      /* bytes to the next sample point (0: not drawn yet) */
+	__u64 page;      /* the waiting sample's struct page (0: none waits) */
+	__u64 mm;        /* the mm_struct of the process it was taken in */
 };
 
 /* Exact syscall failure counts: the key of `syscall_counts` (value: __u64 count). */
@@ -516,6 +552,16 @@ struct lk_event {
 	__u32 fn;          /* LK_FN_* */
 	char comm[MT_COMM_LEN];
 	__u8 stack[LK_STACK_BYTES];
+};
+
+/* The address span of a process's sampled growth still outstanding: the value of growth
+ * mode's `sampled` map (kernel-side only; mirrored so its layout is checked like the rest).
+ * Only releases that overlap it can take back sampled bytes, so only those are reported.
+ * Empty (lo > hi) once releases took back all of it: the entry stays, so the process's exit
+ * is still reported. A release racing with another thread's sample can leave that one out. */
+struct lk_span {
+	__u64 lo;
+	__u64 hi;
 };
 
 #endif /* MEMTRACE_H */

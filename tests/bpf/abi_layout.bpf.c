@@ -14,6 +14,7 @@ BPF_ARRAY(layout_mt_event_full, struct mt_event_full, 1);
 BPF_ARRAY(layout_mt_syscall_key, struct mt_syscall_key, 1);
 BPF_ARRAY(layout_mt_kfail_key, struct mt_kfail_key, 1);
 BPF_ARRAY(layout_mt_pending, struct mt_pending, 1);
+BPF_ARRAY(layout_mt_growth_cpu, struct mt_growth_cpu, 1);
 
 /* leak profiler */
 BPF_ARRAY(layout_lk_key, struct lk_key, 1);
@@ -21,6 +22,7 @@ BPF_ARRAY(layout_lk_stats, struct lk_stats, 1);
 BPF_ARRAY(layout_lk_alloc, struct lk_alloc, 1);
 BPF_ARRAY(layout_lk_entry, struct lk_entry, 1);
 BPF_ARRAY(layout_lk_event, struct lk_event, 1);
+BPF_ARRAY(layout_lk_span, struct lk_span, 1);
 
 /* bcc emits BTF only for a module with at least one program; this one is never loaded. */
 int abi_layout(void *ctx)

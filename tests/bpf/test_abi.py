@@ -199,7 +199,8 @@ def test_mirror_matches_the_compiled_layout(compiled, struct):
 def test_the_real_programs_carry_their_map_structs(compiled):
     """The real programs' BTF is checked too, not only the layout program's."""
     assert {"mt_event", "mt_syscall_key", "mt_kfail_key", "mt_pending", "mt_kfail",
-            "mt_task_evidence"} <= compiled["memtrace.bpf.c, every family"].keys()
+            "mt_task_evidence", "mt_growth_cpu", "lk_span", "lk_event"} <= \
+        compiled["memtrace.bpf.c, every family"].keys()
     assert {"lk_key", "lk_stats", "lk_alloc", "lk_entry"} <= \
         compiled["leaks.bpf.c, malloc mode"].keys()
 

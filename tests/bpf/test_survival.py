@@ -43,13 +43,15 @@ def _own_maps() -> list[dict[str, int]]:
 def test_maps_are_preallocated_so_counting_needs_no_memory(live):
     """A failure is counted while the machine is out of memory: a map that allocated its
     entries on update (BPF_F_NO_PREALLOC) would then lose it. Every map is made whole when
-    memtrace starts; the ring buffer has its fixed size."""
+    memtrace starts; the ring buffers (failures', growth's) have their fixed sizes."""
     maps = _own_maps()
     assert len(maps) >= 8, maps  # counters, pending, stacks, drops, ... and the ring buffer
     assert [m for m in maps if m["map_flags"] & BPF_F_NO_PREALLOC] == []
     assert sum(1 for m in maps if m["map_type"] in HASH_TYPES) >= 3
     rings = [m for m in maps if m["map_type"] == BPF_MAP_TYPE_RINGBUF]
-    assert [r["max_entries"] for r in rings] == [abi.C["MT_RINGBUF_PAGES"] * os.sysconf("SC_PAGE_SIZE")]
+    page = os.sysconf("SC_PAGE_SIZE")
+    assert sorted(r["max_entries"] for r in rings) == sorted(
+        [abi.C["MT_RINGBUF_PAGES"] * page, abi.C["MT_GROWTH_RINGBUF_PAGES"] * page])
 
 
 def test_a_storm_is_read_in_bounded_batches_and_counted_exactly(live, tmp_path):

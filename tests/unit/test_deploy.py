@@ -16,6 +16,7 @@ import yaml
 from tests.unit.fixtures import MMAP_FAIL, READY
 from tracer.model.decode import parse_gfp
 from tracer.model.failures import KernelCount, MemcgCount, Snapshot, SyscallCount
+from tracer.model.leaks import GrowingProcess
 from tracer.model.probes import ProbeCost, ProbeRun
 from tracer.run import SnapshotRequests
 from tracer.views.prometheus import MemtraceCollector, MetricsState
@@ -37,6 +38,7 @@ METRICS: dict[str, set[str]] = {
     "memtrace_percpu_failures_total": {"cgroup"},
     "memtrace_oom_kills_total": {"cgroup"},
     "memtrace_memcg_events_total": {"cgroup", "event"},
+    "memtrace_growing_bytes_per_second": {"rank", "cgroup"},  # + pid with --per-process
     "memtrace_dropped_events_total": {"reason"},
     "memtrace_label_values_cut_total": {"label"},
     "memtrace_probe_attached": {"probe", "via"},
@@ -65,6 +67,7 @@ def exported_series() -> dict[str, set[str]]:
         memcg=(MemcgCount("/box", "max", 1),),
         drops={"ringbuf_full": 1},
         cost=ProbeCost(1, True, (ProbeRun("syscall_exit", 10, 500),)),
+        growing=(GrowingProcess(1, "a", "/box", 1e6, 8 << 20, ("grow (a)",), 1e6),),
     )
     requests = SnapshotRequests()
     requests.close(snap)  # no loop: every scrape gets this snapshot

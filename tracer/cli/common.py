@@ -74,6 +74,16 @@ def slab_hooks_option(f: Callable[..., Any]) -> Callable[..., Any]:
              "failure with its cache, at their cost on every allocation).")(f)
 
 
+def growth_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--no-growth: turn off the always-on growth tracking (the `grew` of OOM kills, top's
+    growing panel, the exporter's growing gauge), for hosts where its cost matters."""
+    return click.option(
+        "--growth/--no-growth", default=True, show_default=True,
+        help="Track which processes grow, and through which stacks, so an OOM kill says "
+             "what grew before it (`grew`) and top shows the processes growing fastest. "
+             "--no-growth leaves its probes out (for hosts where their cost matters).")(f)
+
+
 def protect_from_oom_killer(oom_score_adj: int) -> None:
     """Lower memtrace's OOM score before it loads anything (a note when it cannot). Only
     root can lower it, and only root traces: without root the tracer's error says it all."""
@@ -105,10 +115,10 @@ def build_filter(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[st
 
 def live_source(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str],
                 oom_score_adj: int = OOM_SCORE_ADJ_DEFAULT, probe_cost: bool = False,
-                slab_hooks: str = "adaptive") -> Any:
+                slab_hooks: str = "adaptive", growth: bool = True) -> Any:
     """The kernel's failures, filtered as the options say (UsageError for a bad filter); it
-    lowers memtrace's OOM score when it starts."""
+    lowers memtrace's OOM score when it starts; `growth` False turns growth tracking off."""
     from ..kernel.failures import LiveSource
 
     return LiveSource(build_filter(pids, cgroup, comm), log=log, oom_score_adj=oom_score_adj,
-                      probe_cost=probe_cost, slab_hooks=slab_hooks)
+                      probe_cost=probe_cost, slab_hooks=slab_hooks, growth=growth)

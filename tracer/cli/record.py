@@ -8,7 +8,15 @@ from typing import Any, Optional
 import click
 
 from ..errors import WriteError
-from .common import filter_options, guard, live_source, log, oom_score_option, slab_hooks_option
+from .common import (
+    filter_options,
+    growth_option,
+    guard,
+    live_source,
+    log,
+    oom_score_option,
+    slab_hooks_option,
+)
 
 
 class ByteSize(click.ParamType):
@@ -36,10 +44,11 @@ class ByteSize(click.ParamType):
 @click.option("--max-size", type=ByteSize(), default="1G", show_default=True,
               help="Stop writing failure lines when the file reaches this size (K, M, G); "
                    "they are still counted in the final summary.")
+@growth_option
 @slab_hooks_option
 @oom_score_option
 def record(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str],
-           duration: Optional[float], path: str, max_size: int, slab_hooks: str,
+           duration: Optional[float], path: str, max_size: int, growth: bool, slab_hooks: str,
            oom_score_adj: int) -> None:
     """Record failures to FILE for `memtrace report` and `memtrace top --replay`.
 
@@ -48,7 +57,8 @@ def record(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str],
     from ..model.decode import format_bytes
     from ..recording.writer import RecordingWriter, run_record
 
-    source = guard(lambda: live_source(pids, cgroup, comm, oom_score_adj, slab_hooks=slab_hooks))
+    source = guard(lambda: live_source(pids, cgroup, comm, oom_score_adj, growth=growth,
+                                       slab_hooks=slab_hooks))
     existed = os.path.lexists(path)
 
     def on_limit() -> None:

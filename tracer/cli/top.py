@@ -9,6 +9,7 @@ import click
 from ..errors import UsageError
 from .common import (
     filter_options,
+    growth_option,
     guard,
     live_source,
     log,
@@ -51,11 +52,12 @@ def _open_replay(path: str, speed: float) -> Any:
 @click.option("--probe-cost/--no-probe-cost", default=True, show_default=True,
               help="Show what memtrace's own probes cost (turns the kernel's BPF run-time "
                    "stats on while top runs: about two clock reads per probe event).")
+@growth_option
 @slab_hooks_option
 @oom_score_option
 def top(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str],
         duration: Optional[float], interval: float, replay: Optional[str], speed: float,
-        probe_cost: bool, slab_hooks: str, oom_score_adj: int) -> None:
+        probe_cost: bool, growth: bool, slab_hooks: str, oom_score_adj: int) -> None:
     """Live dashboard of failures by process, cgroup, syscall and allocation order."""
     from ..views.top import run_top
 
@@ -66,7 +68,8 @@ def top(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str],
             source = _open_replay(replay, speed)
         else:
             source = live_source(pids, cgroup, comm, oom_score_adj, probe_cost=probe_cost,
-                                 slab_hooks=slab_hooks)
-        run_top(source, duration=duration, interval=interval)
+                                 growth=growth, slab_hooks=slab_hooks)
+        # a recording has no growing processes to show: no growing panel for it
+        run_top(source, duration=duration, interval=interval, growth=growth and replay is None)
 
     guard(body)

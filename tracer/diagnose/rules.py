@@ -12,6 +12,7 @@ from ..host.state import CgroupState, HostState
 from ..model.decode import format_bytes
 from ..model.failures import Failure, KernelFailure
 from .evidence import Evidence
+from .growth import what_grew
 from .requests import (
     COMMIT_SYSCALLS,
     GROWING_SYSCALLS,
@@ -696,6 +697,16 @@ def _memcg_setting(cg: Optional[CgroupState]) -> str:
 
 
 def diagnose_oom(f: Failure, ev: Evidence) -> Finding:
+    """Why the kernel killed, then what grew before it (`grew`) as the explanation's end."""
+    finding = _oom_cause(f, ev)
+    grew = what_grew(f.grew, f.pid)
+    if not grew:
+        return finding
+    return dataclasses.replace(finding, explanation=f"{finding.explanation}. What grew "
+                               f"before the kill: {grew}")
+
+
+def _oom_cause(f: Failure, ev: Evidence) -> Finding:
     constraint = f.detail.get("constraint")
     cg = ev.cgroup
     facts: dict[str, Any] = {"constraint": constraint, "victim_rss": f.detail.get("rss_bytes"),

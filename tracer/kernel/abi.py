@@ -74,6 +74,8 @@ DROP_NAMES = {
     C["MT_DROP_KERNEL_STACK"]: "kernel_stack",
     C["MT_DROP_STACK_COPY_RATE"]: "stack_copy_skipped",
     C["MT_DROP_STACK_COPY"]: "stack_copy",
+    C["MT_DROP_GROWTH_RINGBUF"]: "growth_ringbuf_full",
+    C["MT_DROP_GROWTH_STACK_COPY"]: "growth_stack_copy",
 }
 
 
@@ -241,6 +243,12 @@ class Pending(ct.Structure):
                 ("host", HostEvidence)]
 
 
+class GrowthCpu(ct.Structure):
+    """struct mt_growth_cpu (kernel-side only: mirrored so its layout is checked too)"""
+
+    _fields_ = [("left", ct.c_uint64), ("page", ct.c_uint64), ("mm", ct.c_uint64)]
+
+
 def cstr(raw: bytes) -> str:
     """A NUL-terminated char array as text (hostile bytes are replaced, never raised on)."""
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
@@ -332,6 +340,12 @@ class LeakEvent(ct.Structure):
     ]
 
 
+class LeakSpan(ct.Structure):
+    """struct lk_span (kernel-side only: mirrored so its layout is checked too)"""
+
+    _fields_ = [("lo", ct.c_uint64), ("hi", ct.c_uint64)]
+
+
 # Every struct of memtrace.h by its C name: tests/unit/test_abi.py checks that none is
 # missing, tests/bpf/test_abi.py that each matches the layout in the BTF bcc compiled.
 MIRRORED: dict[str, type[ct.Structure]] = {
@@ -344,9 +358,11 @@ MIRRORED: dict[str, type[ct.Structure]] = {
     "mt_syscall_key": SyscallKey,
     "mt_kfail_key": KFailKey,
     "mt_pending": Pending,
+    "mt_growth_cpu": GrowthCpu,
     "lk_key": LeakKey,
     "lk_stats": LeakStats,
     "lk_alloc": LeakAlloc,
     "lk_entry": LeakEntry,
     "lk_event": LeakEvent,
+    "lk_span": LeakSpan,
 }

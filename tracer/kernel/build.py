@@ -236,14 +236,38 @@ def read_layout(btf: Btf, have_task_pt_regs: Optional[bool] = None) -> Layout:
     except BtfError as e:
         notes.append(f"whether a range was mapped at the failure: {e}")
 
+    try:
+        # growth tracking: where a sampled page is mapped, read from the page (its folio) and
+        # its anon_vma's interval tree of mappings (bpf/memtrace.bpf.c, MT_PROBE_GROWTH)
+        d["MT_OFF_FOLIO_MAPPING"] = btf.member_offset("folio", "mapping")
+        d["MT_OFF_FOLIO_INDEX"] = btf.member_offset("folio", "index")
+        d["MT_OFF_FOLIO_REFCOUNT"] = btf.member_offset("folio", "_refcount")
+        d["MT_OFF_ANON_VMA_RB_NODE"] = (btf.member_offset("anon_vma", "rb_root")
+                                        + btf.member_offset("rb_root_cached", "rb_root")
+                                        + btf.member_offset("rb_root", "rb_node"))
+        d["MT_OFF_AVC_VMA"] = btf.member_offset("anon_vma_chain", "vma")
+        d["MT_OFF_AVC_RB"] = btf.member_offset("anon_vma_chain", "rb")
+        d["MT_OFF_RB_LEFT"] = btf.member_offset("rb_node", "rb_left")
+        d["MT_OFF_RB_RIGHT"] = btf.member_offset("rb_node", "rb_right")
+        d["MT_OFF_VMA_VM_START"] = btf.member_offset("vm_area_struct", "vm_start")
+        d["MT_OFF_VMA_VM_END"] = btf.member_offset("vm_area_struct", "vm_end")
+        d["MT_OFF_VMA_VM_PGOFF"] = btf.member_offset("vm_area_struct", "vm_pgoff")
+        d["MT_OFF_VMA_VM_MM"] = btf.member_offset("vm_area_struct", "vm_mm")
+        growth_offsets = True
+    except BtfError as e:
+        growth_offsets = False
+        notes.append(f"growth tracking (what an OOM kill's victim grew): {e}")
+
     if have_task_pt_regs is None:
         have_task_pt_regs = _kallsyms_has("bpf_task_pt_regs") and _kallsyms_has(
             "bpf_get_current_task_btf")
     if have_task_pt_regs:
         features.add("MT_HAVE_TASK_PT_REGS")
+        if growth_offsets:
+            features.add("MT_HAVE_GROWTH")
     else:
         notes.append("no bpf_task_pt_regs helper: kernel failures are linked to syscalls by "
-                     "thread and time only")
+                     "thread and time only, and growth is not tracked")
 
     ranges = kmalloc_ranges()
     for i, (lo, hi) in enumerate(ranges):
@@ -288,6 +312,8 @@ def cflags(layout: Layout, options: BuildOptions, self_tgid: Optional[int] = Non
     defines.update(_syscall_numbers(_SYSCALLS))
     gfp = decoders.GfpDecoder(layout.gfp_bits) if layout.gfp_bits else decoders.GfpDecoder.default()
     defines["MT_GFP_OPPORTUNISTIC_MASK"] = gfp.mask("__GFP_NOWARN") | gfp.mask("__GFP_NORETRY")
+    # user pages (GFP_HIGHUSER_MOVABLE, transparent huge pages): growth tracking's sampler
+    defines["MT_GFP_USER_MOVABLE"] = gfp.mask("__GFP_HARDWALL") | gfp.mask("__GFP_MOVABLE")
     if options.ringbuf_pages:
         defines["MT_RINGBUF_PAGES"] = options.ringbuf_pages
     if options.counter_entries:

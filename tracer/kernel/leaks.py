@@ -28,26 +28,10 @@ from ..unwind.unwinder import ProcessUnwinders
 from . import abi
 from .btf import BtfError, load_vmlinux
 from .build import CgroupFilter, leak_cflags, read_layout
+from .growth import GrowthDecoder, leak_event
 from .loader import Loaded, load
 
 Log = Callable[[str], None]
-
-# Frame names remembered per process, and stacks' sources kept: past this many, forgotten
-# (they are found again on demand).
-MAX_NAMES = 65536
-
-
-def _process_start(pid: int, proc: str = "/proc") -> Optional[float]:
-    """When the process started, in wall-clock seconds (None when it is gone)."""
-    try:
-        with open(f"{proc}/{pid}/stat") as f:
-            stat = f.read()
-        with open(f"{proc}/uptime") as f:
-            uptime = float(f.read().split()[0])
-        ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22: starttime
-        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 class LeakSource(Loaded):
@@ -86,7 +70,6 @@ class LeakSource(Loaded):
         self.all_processes = all_processes
         self.cgroup = cgroup
         self._cgroups = cgroups
-        self._cgroup_names: dict[int, Optional[str]] = {}
         self.profile = LeakProfile(mode, self.pids, all_processes=all_processes,
                                    cgroup=cgroup,
                                    sample_bytes=sample_bytes if mode == GROWTH else None,
@@ -94,13 +77,9 @@ class LeakSource(Loaded):
         self.bpf: Any = None
         self.live: set[int] = set(self.pids)
         self.unwinders = ProcessUnwinders()
+        self.growth = GrowthDecoder(self.profile, self._unwinder, self._cgroup_name)
         self._key_frames: dict[tuple[int, int, int], tuple[str, ...]] = {}
-        # pid -> (frame address, exact) -> its name and source; forgotten when the process
-        # maps new code (exec, a refresh) or exits
-        self._names: dict[int, dict[tuple[int, bool], tuple[str, Optional[str]]]] = {}
         self._attached: dict[int, set[str]] = {}
-        self._lost_seen: dict[int, int] = {}
-        self._clock_offset = time.time() - time.monotonic()
 
     def done(self) -> bool:
         """Every traced process has exited (never, with --all)."""
@@ -244,125 +223,46 @@ class LeakSource(Loaded):
         assert self.bpf is not None
         self.bpf.ring_buffer_consume()
 
-    def _frames(self, e: Any) -> tuple[str, ...]:
-        if not e.stack_len:
-            return (f"0x{e.ip:x}",) if e.ip else ("[no stack]",)
-        pid = int(e.pid)
-        stack = ct.string_at(ct.addressof(e.stack), e.stack_len)
-        rows = self._symbolized(pid, self._unwinder(pid).unwind(e.ip, e.sp, e.bp, stack))
-        if rows and "[unknown]" in rows[0][0]:
-            self._unwinder(pid, refresh=True)  # a library loaded since we last looked
-            self._names.pop(pid, None)
-            rows = self._symbolized(pid, self._unwinder(pid).unwind(e.ip, e.sp, e.bp, stack))
-        frames = tuple(text for text, _ in rows)
-        if len(self.profile.sources) > MAX_NAMES:
-            self.profile.sources.clear()
-        self.profile.sources.setdefault(frames, tuple(src for _, src in rows))
-        return frames
-
-    def _symbolized(self, pid: int, addrs: list[int]) -> list[tuple[str, Optional[str]]]:
-        """("function (module)", "file:line") per frame address (the first exact, the rest
-        return addresses), remembered per process: the same return addresses come back in
-        sample after sample, and naming one is most of the cost of a sample."""
-        names = self._names.setdefault(pid, {})
-        if len(names) > MAX_NAMES:
-            names.clear()
-        u = self._unwinder(pid)
-        out = []
-        for i, addr in enumerate(addrs):
-            key = (addr, i == 0)
-            row = names.get(key)
-            if row is None:
-                name, module, source = u.symbolize(addr, first=i == 0)
-                row = names[key] = (f"{name} ({module})", source)
-            out.append(row)
-        return out
-
     def _on_event(self, _ctx: Any, data: Any, size: int) -> None:
-        if size < ct.sizeof(abi.LeakEvent) - abi.LK_STACK_BYTES:
+        e = leak_event(data, size)
+        if e is None:
             self.profile.drops["short_event"] = self.profile.drops.get("short_event", 0) + 1
             return
-        e = ct.cast(data, ct.POINTER(abi.LeakEvent)).contents
-        if e.stack_len > min(abi.LK_STACK_BYTES, size - abi.LeakEvent.stack.offset):
-            e.stack_len = 0  # never read past the record
         try:
             self._handle(e)
         except Exception as exc:
             self.log(f"memtrace: could not decode a leak event: {exc}")
 
     def _cgroup_name(self, cgroup_id: int) -> Optional[str]:
-        if not cgroup_id:
-            return None
-        if cgroup_id not in self._cgroup_names:
-            if len(self._cgroup_names) > 4096:
-                self._cgroup_names.clear()
-            self._cgroup_names[cgroup_id] = self._resolver().path(cgroup_id, memory=True)
-        return self._cgroup_names[cgroup_id]
-
-    def _who(self, e: Any) -> dict[str, Any]:
-        """The process's name, memory cgroup and start, as the event and /proc tell them."""
-        pid = int(e.pid)
-        who: dict[str, Any] = {"comm": e.comm.decode("utf-8", "replace")}
-        if e.cgroup_id:
-            who["cgroup_id"] = int(e.cgroup_id)
-            who["cgroup"] = self._cgroup_name(int(e.cgroup_id))
-        if pid not in self.profile.processes:
-            started = _process_start(pid)
-            if started is not None and self.profile.started is not None:
-                who["since"] = max(started, self.profile.started)
-        return who
-
-    def _time(self, e: Any) -> float:
-        return self._clock_offset + e.ts_ns / 1e9
+        return self._resolver().path(cgroup_id, memory=True) if cgroup_id else None
 
     def _handle(self, e: Any) -> None:
-        p = self.profile
         kind = e.kind
         pid = int(e.pid)
-        t = self._time(e)
         if kind == abi.LK_EV_FORK:
             child = int(e.child_pid)
             self.live.add(child)
-            p.pids = sorted(set(p.pids) | {child})
+            self.profile.pids = sorted(set(self.profile.pids) | {child})
             self._unwinder(child, refresh=True)
             if self.mode == "malloc":
                 self._attach_allocator(child)
             return
-        if kind == abi.LK_EV_EXEC:
-            self._names.pop(pid, None)
-            self._unwinder(pid, refresh=True)
-            p.exec(pid, t)
-            if self.mode == "malloc":
+        if kind == abi.LK_EV_EXIT:
+            self.live.discard(pid)
+        if self.growth.handle(e):  # growth, exec and exit
+            if kind == abi.LK_EV_EXEC and self.mode == "malloc":
                 self._attach_allocator(pid)
             return
-        if kind == abi.LK_EV_EXIT:
-            self._names.pop(pid, None)
-            self.live.discard(pid)
-            p.exit(pid, t)
-            return
-        if kind == abi.LK_EV_MMAP or kind == abi.LK_EV_BRK:
-            p.grow(pid, int(e.addr), int(e.len), self._frames(e), int(e.weight), t,
-                   **self._who(e))
-        elif kind == abi.LK_EV_MUNMAP or kind == abi.LK_EV_BRK_SHRINK:
-            p.shrink(pid, int(e.addr), int(e.len), t)
-        elif kind == abi.LK_EV_MADVISE:
-            p.shrink(pid, int(e.addr), int(e.len), t, resident_only=True)
-        elif kind == abi.LK_EV_MREMAP:
-            frames = self._frames(e) if e.weight else ("[no stack]",)
-            p.move(pid, int(e.old_addr), int(e.old_len), int(e.addr), int(e.len), frames,
-                   int(e.weight), t, **(self._who(e) if e.weight else {}))
-        elif kind == abi.LK_EV_FAULT:
-            p.touched(pid, int(e.addr), self._frames(e), int(e.weight), t, int(e.len),
-                      **self._who(e))
-        elif kind == abi.LK_EV_STACK:
+        t = self.growth.time(e)
+        if kind == abi.LK_EV_STACK:
             key = (int(e.key.pid), int(e.key.stack_id), int(e.key.caller))
-            p.process(key[0], t, comm=e.comm.decode("utf-8", "replace"))
-            self._key_frames.setdefault(key, self._frames(e))
+            self.profile.process(key[0], t, comm=abi.cstr(e.comm))
+            self._key_frames.setdefault(key, self.growth.frames(e))
         elif kind == abi.LK_EV_ALLOC_FAIL:
             key = (int(e.key.pid), int(e.key.stack_id), int(e.key.caller))
             fn = ALLOCATORS[e.fn] if e.fn < len(ALLOCATORS) else str(e.fn)
-            p.failed(AllocFailure(t, pid, fn, int(e.len),
-                                  self._key_frames.get(key) or self._fp_frames(key)))
+            self.profile.failed(AllocFailure(t, pid, fn, int(e.len),
+                                             self._key_frames.get(key) or self._fp_frames(key)))
 
     def _fp_frames(self, key: tuple[int, int, int]) -> tuple[str, ...]:
         """Frames from the frame-pointer stack and the caller, when no copy was kept."""
@@ -415,16 +315,7 @@ class LeakSource(Loaded):
         p.failure_count = max(p.failure_count, int(n))
 
     def _read_lost(self) -> None:
-        now = time.time()
-        current: dict[int, int] = {}
-        for k, v in self.bpf[b"lost"].items():
-            key, total = int(k.value), int(v.value)
-            current[key] = total
-            seen = self._lost_seen.get(key, 0)
-            if total > seen:
-                self.profile.lost(key >> 1, total - seen, bool(key & 1), now)
-        # a key gone from the map (evicted, or its process exited) starts again from 0
-        self._lost_seen = current
+        self.growth.read_lost((int(k.value), int(v.value)) for k, v in self.bpf[b"lost"].items())
 
     def read_drops(self) -> None:
         if self.bpf is None:

@@ -78,6 +78,11 @@ PLAN: tuple[ProbeSpec, ...] = (
     ProbeSpec("process_fork", "PROCESSES", False,
               "forked processes start with their parent's code mappings",
               [Candidate("raw_tp", "sched_process_fork", "mt_fork", ("*", "*"))]),
+    ProbeSpec("growth", "GROWTH", False,
+              "every process's anonymous memory growth, sampled by bytes with its stacks, for "
+              "what an OOM kill's victim grew and what grows now (rides on page_alloc, "
+              "syscall_exit and process_exec; this probe sees processes end)",
+              [Candidate("raw_tp", "sched_process_exit", "mt_growth_exit", ("*", "n"))]),
     ProbeSpec("memcg_events", "", False,
               "memory cgroup limit hits (memory.events, memory.failcnt, memory.oom_control)",
               [Candidate("poll", "cgroup memory counters")]),

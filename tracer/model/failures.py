@@ -192,6 +192,7 @@ class Filter:
             s.drops,
             s.cost,
             probes=s.probes,
+            growing=tuple(g for g in s.growing if self.matches(g.pid, g.comm, g.cgroup)),
         )
 
 

@@ -138,6 +138,7 @@ class Dashboard:
         self.started: Optional[float] = None
         self.by_cause: dict[str, int] = {}  # from the events received (detail, not totals)
         self.findings: dict[str, Failure] = {}  # latest diagnosed failure per process/cgroup
+        self.growth = False  # growth is tracked: the growing panel shows, empty or not
 
     def add(self, failures: Iterable[Failure]) -> None:
         for f in failures:

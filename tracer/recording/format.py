@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
@@ -22,6 +23,7 @@ from ..model.failures import (
     Ready,
     Snapshot,
 )
+from ..model.leaks import Growth
 from ..model.probes import ProbeStatus
 from ..model.totals import summary_counts
 
@@ -67,7 +69,7 @@ def _host_obj(h: Optional[HostAtFailure]) -> Optional[dict[str, Any]]:
 
 
 def failure_obj(f: Failure) -> dict[str, Any]:
-    return {
+    obj: dict[str, Any] = {
         "type": "failure",
         "time": iso_time(f.time),
         "kind": f.kind,
@@ -95,6 +97,9 @@ def failure_obj(f: Failure) -> dict[str, Any]:
         "host": _host_obj(f.host),
         "user_sources": list(f.user_sources),
     }
+    if f.kind == "oom_kill" or f.grew:  # what grew before the kill ([] when nothing did)
+        obj["grew"] = [g.to_json() for g in f.grew]
+    return obj
 
 
 def summary_obj(s: Snapshot, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -295,6 +300,46 @@ def _opt_sources(obj: Mapping[str, Any]) -> tuple[Optional[str], ...]:
     return tuple(v)
 
 
+# Bounds on a recorded `grew`: the live source keeps a few stacks of a few dozen frames;
+# a recording is a file anyone may have written.
+_MAX_GREW = 64
+_MAX_GREW_FRAMES = 512
+_MAX_BYTES = 1 << 63
+
+
+def _growth_from_json(g: object) -> Growth:
+    if not isinstance(g, dict):
+        raise _Malformed("grew holds something that is not a growth")
+    pid, size = g.get("pid"), g.get("bytes")
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 <= pid < 1 << 32:
+        raise _Malformed("grew has a pid that is not a process id")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < _MAX_BYTES:
+        raise _Malformed("grew has bytes that are not a byte count")
+    seconds = g.get("seconds", 0.0)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+            or not math.isfinite(seconds) or not 0 <= seconds < _MAX_TIME:
+        raise _Malformed("grew has seconds that are not a span of time")
+    comm = g.get("comm", "")
+    if not isinstance(comm, str):
+        raise _Malformed("grew has a comm that is not a string")
+    frames = _opt_strs(g, "frames")
+    if len(frames) > _MAX_GREW_FRAMES:
+        raise _Malformed("grew has a stack too deep to be one")
+    return Growth(pid=pid, comm=comm, cgroup=_opt_str(g, "cgroup"), bytes=size, frames=frames,
+                  seconds=float(seconds))
+
+
+def _grew_from_json(obj: Mapping[str, Any]) -> tuple[Growth, ...]:
+    v = obj.get("grew")
+    if v is None:  # recordings made before memtrace tracked growth
+        return ()
+    if not isinstance(v, list):
+        raise _Malformed("grew is not a list")
+    if len(v) > _MAX_GREW:
+        raise _Malformed(f"grew has {len(v)} entries, more than {_MAX_GREW}")
+    return tuple(_growth_from_json(g) for g in v)
+
+
 def _failure_from_json(obj: Mapping[str, Any]) -> Failure:
     kind = obj.get("kind")
     if kind is None or not isinstance(kind, str):
@@ -323,7 +368,7 @@ def _failure_from_json(obj: Mapping[str, Any]) -> Failure:
                    args=_opt_dict(obj, "args"), opportunistic=_opt_bool(obj, "opportunistic"),
                    linked=tuple(_kernel_failure_from_json(k) for k in linked or ()),
                    detail=detail, memcg=_memcg_from_json(obj), host=_host_from_json(obj),
-                   user_sources=_opt_sources(obj))
+                   user_sources=_opt_sources(obj), grew=_grew_from_json(obj))
 
 
 def _probe_from_json(p: object) -> ProbeStatus:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
+import collections
+from dataclasses import dataclass, field
+from typing import Any, Deque, Optional
 
 from ..errors import ReplayError
 from ..model.failures import Failure, Ready
@@ -27,6 +28,11 @@ class Report:
     problems: list[tuple[int, str]]  # (line, what was wrong): skipped lines
     first: Optional[float] = None  # recorded time of the first and last failure
     last: Optional[float] = None
+    # the latest OOM kills that say what grew before them (`grew`), newest first
+    oom_kills: list[Failure] = field(default_factory=list)
+
+
+MAX_OOM_KILLS = 20  # OOM kills a report names with what grew (memory stays bounded)
 
 
 def finding_key(f: Failure) -> str:
@@ -42,6 +48,7 @@ def build_report(path: str, reader: RecordingReader) -> Report:
     tally = Tally()
     by_cause: dict[str, int] = {}
     findings: dict[str, Failure] = {}
+    oom_kills: Deque[Failure] = collections.deque(maxlen=MAX_OOM_KILLS)
     first: Optional[float] = None
     last: Optional[float] = None
     seen = False
@@ -55,6 +62,8 @@ def build_report(path: str, reader: RecordingReader) -> Report:
             tally.add(rec)
             first = rec.time if first is None else min(first, rec.time)
             last = rec.time if last is None else max(last, rec.time)
+            if rec.kind == "oom_kill" and rec.grew:
+                oom_kills.append(rec)
             if rec.cause:
                 by_cause[rec.cause] = by_cause.get(rec.cause, 0) + 1
                 who = finding_key(rec)
@@ -71,4 +80,5 @@ def build_report(path: str, reader: RecordingReader) -> Report:
                   dropped=dropped, failure_lines=tally.events,
                   by_cause=dict(sorted(by_cause.items(), key=lambda t: (-t[1], t[0]))),
                   findings=list(findings.items())[::-1],
-                  problems=list(reader.problems), first=first, last=last)
+                  problems=list(reader.problems), first=first, last=last,
+                  oom_kills=list(oom_kills)[::-1])

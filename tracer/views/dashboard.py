@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import __version__
+from ..diagnose.growth import short_stack
 from ..model.decode import format_bytes, order_to_bytes
 from ..model.failures import Failure, Snapshot
 from ..model.probes import ATTACHED, FAILED, STANDBY, UNAVAILABLE
@@ -28,13 +29,16 @@ from ..model.totals import (
     page_alloc_by_order,
     total_failures,
 )
-from .lines import describe
+from .lines import describe, grew_phrase
 from .terminal import cell, inert, inert_ascii, measuring_console
 
 WAITING = "waiting for allocation failures\u2026 (Ctrl-C to stop)"
+GROWING_TITLE = "Growing fastest (resident memory)"
+NOT_GROWING = "no process is growing"
 PLAIN_MAX_ROWS = 20  # rows per table in the periodic plain-text report
 _MAX_ROWS = 15  # rows per summary table on the live dashboard, however tall the terminal
 _MAX_RECENT = 100
+_MAX_GROWING = 5  # rows of the growing panel
 _STATUS_STYLE = {ATTACHED: "green", STANDBY: "cyan", UNAVAILABLE: "yellow", FAILED: "red"}
 _OFFSET = re.compile(r"\+0x[0-9a-fA-F]+(?:/0x[0-9a-fA-F]+)?")
 _MODULE = re.compile(r"\s*\[[^\]]*\]$")
@@ -104,6 +108,18 @@ def _opportunistic_rows(s: Snapshot) -> list[Row]:
     for o, _gfp, n in page_alloc_by_order(s, opportunistic=True):
         per_order[o] = per_order.get(o, 0) + n
     return [(o, format_bytes(order_to_bytes(o)), n) for o, n in sorted(per_order.items())]
+
+
+def _growing_rows(s: Snapshot) -> list[Row]:
+    """(pid, comm, rate, outstanding, cgroup, fastest stack) per growing process, fastest
+    first; the stack as the program's innermost functions."""
+    return [(g.pid, g.comm, f"{format_bytes(int(max(g.bytes_per_second, 0)))}/s",
+             format_bytes(g.bytes), g.cgroup or "-", short_stack(g.top_frames))
+            for g in sorted(s.growing, key=lambda g: -g.bytes_per_second)]
+
+
+_GROWING_COLS = [("pid", "right"), ("comm", "left"), ("rate", "right"), ("grown", "right"),
+                 ("cgroup", "left"), ("fastest stack (innermost first)", "left")]
 
 
 def _frame(name: str) -> str:
@@ -257,6 +273,36 @@ def _summary_sections(s: Snapshot, width: int, cap: int) -> list[RenderableType]
     return _arrange(top, width, 32) + _arrange(bottom, width, 40)
 
 
+def _growing_panel(d: Dashboard, cap: int) -> Optional[RenderableType]:
+    """The processes growing fastest (at most cap rows); one line saying so when growth is
+    tracked and nothing grows; None when growth is not tracked (--no-growth, a replay)."""
+    rows = _growing_rows(d.snapshot)
+    if not rows:
+        return Text(f"{GROWING_TITLE}: {NOT_GROWING}", style="dim") if d.growth else None
+    shown = rows[:cap]
+    more = len(rows) - len(shown)
+    t = Table(title=GROWING_TITLE, title_justify="left", title_style="bold",
+              box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold dim",
+              expand=True, caption=f"+{more} more" if more else None, caption_justify="left",
+              caption_style="dim")
+    for name, justify in _GROWING_COLS[:-1]:
+        t.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis")  # type: ignore[arg-type]
+    t.add_column(_GROWING_COLS[-1][0], no_wrap=True, overflow="ellipsis", ratio=1)
+    for row in shown:
+        t.add_row(*(cell(x) for x in row))  # comm, cgroup and frames are the host's: inert
+    return t
+
+
+def _growing_line(d: Dashboard) -> Text:
+    """The growing panel in one line, for a short terminal: the fastest and how many more."""
+    rows = _growing_rows(d.snapshot)
+    pid, comm, rate, _grown, _cgroup, _stack = rows[0]
+    more = f" \u00b7 +{len(rows) - 1} more" if len(rows) > 1 else ""
+    text = Text(f"{GROWING_TITLE}: ", style="bold")
+    text.append(f"pid {pid} ({inert(comm)}) {rate}{more}")
+    return text
+
+
 def _recent_table(events: Sequence[Failure], more: int) -> Table:
     t = Table(title="Recent events", title_justify="left", title_style="bold",
               box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold dim",
@@ -272,6 +318,9 @@ def _recent_table(events: Sequence[Failure], more: int) -> Table:
         frames = _frames(f)
         if frames:
             what.append("\n" + frames, style="dim")
+        grew = grew_phrase(f)
+        if grew:
+            what.append("\nwhat grew: " + grew, style="magenta")
         kind = cell(f.kind, style="bold red" if f.kind == "oom_kill" else "cyan")
         t.add_row(dt.datetime.fromtimestamp(f.time).strftime("%H:%M:%S"), kind, what)
     return t
@@ -295,6 +344,27 @@ def render(d: Dashboard, *, width: int = 120, height: int = 40,
 
     longest = max((len(r) for r in (_process_rows(s), _cgroup_rows(s), _syscall_rows(s),
                                     _page_rows(s), _opportunistic_rows(s))), default=0)
+    # Growth comes before the failures it may lead to, in at most a third of the room and
+    # what the exact totals leave at their smallest: fewer rows, or one line, when short.
+    growing = min(len(s.growing), _MAX_GROWING)
+    least = _height(Group(*_summary_sections(s, width, 1), *_diagnosis_sections(d, width, 1)),
+                    width) if longest and (d.growth or growing) else 0
+    while True:
+        panel = _growing_panel(d, growing)
+        if panel is None:
+            break
+        used = _height(panel, width)
+        if used > min(room - least, max(room // 3, 1)) and growing > 0:
+            if growing > 1:
+                growing -= 1
+                continue
+            panel = _growing_line(d)
+            used = _height(panel, width)
+        if used <= room - least:
+            body.append(panel)
+            room -= used
+        break
+
     sections: list[RenderableType] = []
     if longest:
         # Exact totals come first, but leave the recent events about a third of the room.
@@ -379,6 +449,13 @@ def _plain_tables(s: Snapshot, cap: Optional[int], d: Optional[Dashboard] = None
     return out
 
 
+def _plain_growing(d: Dashboard, cap: Optional[int]) -> list[str]:
+    rows = _growing_rows(d.snapshot)
+    if rows:
+        return [""] + ascii_table(GROWING_TITLE, _GROWING_COLS, rows, cap)
+    return ["", f"{GROWING_TITLE}: {NOT_GROWING}"] if d.growth else []
+
+
 def _drops_line(d: Dashboard) -> str:
     items = ", ".join(f"{k} {n}" for k, n in d.snapshot.drops.items()) or "none"
     return inert_ascii(f"dropped: {items}")
@@ -411,6 +488,7 @@ def render_plain(d: Dashboard, now: Optional[float] = None, cost: Optional[str] 
                                             for st, names in by_status.items()))
     if total_failures(s) == 0:
         lines.append("no allocation failures yet")
+    lines += _plain_growing(d, _MAX_GROWING)
     lines += _plain_tables(s, PLAIN_MAX_ROWS, d)
     lines += ["", f"{_drops_line(d)} | events received: {d.events_seen}"]
     if cost:

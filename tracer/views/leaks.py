@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 import sys
 import time
 from typing import Any, Optional, TextIO
 
+from ..diagnose.growth import grew_sentence, program_frames
 from ..model.decode import format_bytes
 from ..model.leaks import GROWTH, Growth, LeakProfile, StackStats
 from ..run import StopFlag
 from .terminal import cell, inert
 
 SPARK = " ▁▂▃▄▅▆▇█"
-
-# Frames of the C library, the dynamic loader and allocators: what grows memory on behalf of
-# the program, not where the program asked for it.
-_RUNTIME_MODULE = re.compile(r"\((?:libc[.-]|ld-linux|ld-[0-9]|libjemalloc|libtcmalloc)[^()]*\)$")
-_STARTUP = ("__libc_start_call_main ", "__libc_start_main", "_start ")
 
 
 def sparkline(values: list[int]) -> str:
@@ -35,30 +30,10 @@ def _where(s: StackStats, n: int = 4) -> str:
     return " <- ".join(inert(f) for f in s.frames[:n]) + (" ..." if len(s.frames) > n else "")
 
 
-def program_frames(frames: tuple[str, ...]) -> tuple[str, ...]:
-    """The frames of the program itself: the C library's and allocator's innermost frames and
-    the start-up frames outermost left out (all of them when nothing else is left)."""
-    out = list(frames)
-    while out and _RUNTIME_MODULE.search(out[0]):
-        out.pop(0)
-    while out and out[-1].startswith(_STARTUP):
-        out.pop()
-    return tuple(out) or tuple(frames)
-
-
-def _function(frame: str) -> str:
-    """"hoard_buffers (hoarder)" -> "hoard_buffers": the name without its module."""
-    m = re.match(r"^(.*?) \([^()]*\)$", frame)
-    return m.group(1) if m else frame
-
-
-def grew_line(g: Growth, frames_shown: int = 3) -> str:
+def grew_line(g: Growth) -> str:
     """One growth as a sentence: "pid 412 (hoarder) grew 61 MiB in 4 s through hoard_buffers
-    <- main" (traced names made inert)."""
-    through = " <- ".join(inert(_function(f)) for f in program_frames(g.frames)[:frames_shown])
-    span = f"in {g.seconds:.0f} s" if g.seconds >= 1 else "in under a second"
-    return (f"pid {g.pid} ({inert(g.comm)}) grew {format_bytes(g.bytes)} {span}"
-            + (f" through {through}" if through else ""))
+    <- main" (diagnose/growth.py words it; traced names made inert)."""
+    return inert(grew_sentence(g))
 
 
 def describe(p: LeakProfile) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from ..diagnose.growth import what_grew
 from ..model.decode import format_bytes, order_to_bytes
 from ..model.failures import Failure, KernelFailure
 from .terminal import inert
@@ -66,8 +67,16 @@ def describe(f: Failure) -> str:
     return inert(text)
 
 
+def grew_phrase(f: Failure) -> str:
+    """What grew before an OOM kill, made inert ("" when nothing was seen growing)."""
+    return inert(what_grew(f.grew, f.pid))
+
+
 def format_line(f: Failure) -> str:
     line = f"{_when(f.time)} {inert(f.kind):<10} {describe(f)}"
     if f.cause:
         line += f"  [cause: {inert(f.cause)}]"
+    grew = grew_phrase(f)
+    if grew:  # on the same line: one line per failure, whatever the names hold
+        line += f"  [what grew: {grew}]"
     return line

@@ -16,6 +16,7 @@ from ..run import SnapshotRequests, Source, run
 from .terminal import inert
 
 OTHER = "other"  # the label value that stands for everything cut by a cardinality bound
+GROWING_SERIES = 5  # the growing gauge's samples: the processes growing fastest, ranked
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -163,6 +164,8 @@ class MemtraceCollector:
         out.extend(simple.values())
         out.append(oom_f)
 
+        out.append(_growing_family(snap, st))
+
         memcg_f = CounterMetricFamily("memtrace_memcg_events", "Memory cgroup limit events "
                                       "since memtrace started (v2 memory.events, v1 failcnt "
                                       "and oom_control).", labels=["cgroup", "event"])
@@ -197,6 +200,26 @@ class MemtraceCollector:
         out.append(probe_f)
         out.extend(_cost_families(snap))
         return out
+
+
+def _growing_family(snap: Snapshot, st: MetricsState) -> Any:
+    """The processes growing fastest as a gauge: at most GROWING_SERIES samples, by rank (1
+    the fastest) and cgroup; pid and comm only with --per-process, like every process label."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    per_process = ["pid", "comm"] if st.process is not None else []
+    fam = GaugeMetricFamily(
+        "memtrace_growing_bytes_per_second", "Resident memory growth of the processes "
+        "growing fastest, in bytes per second over the growth window, rank 1 the fastest "
+        f"(top {GROWING_SERIES}; nothing with --no-growth).",
+        labels=["rank", "cgroup", *per_process])
+    fastest = sorted(snap.growing, key=lambda g: -g.bytes_per_second)[:GROWING_SERIES]
+    for rank, g in enumerate(fastest, 1):
+        labels = [str(rank), st.cgroup(g.cgroup)]
+        if st.process is not None:
+            labels += [str(g.pid), st.process(g.comm)]
+        fam.add_metric(labels, g.bytes_per_second)
+    return fam
 
 
 def _cost_families(snap: Snapshot) -> list[Any]:

@@ -6,7 +6,9 @@ import datetime as dt
 import sys
 from typing import Any, Optional, Sequence, TextIO
 
+from ..diagnose.growth import what_grew
 from ..model.decode import format_bytes, order_to_bytes
+from ..model.failures import Failure
 from ..recording import format as jsonout
 from ..recording.report import Report
 from ..recording.writer import SIZE_LIMIT_DROP
@@ -108,6 +110,11 @@ def report_text(r: Report) -> str:
     if not c["total"] and not hits:
         lines.append("no allocation failures recorded")
     lines += _tables(r)
+    if r.oom_kills:
+        lines += ["", f"What grew before the OOM kills (the latest {len(r.oom_kills)}, newest "
+                      "first)"]
+        lines += [f"{_when(f.time)} pid {f.pid} ({f.comm}) killed: {what_grew(f.grew, f.pid)}"
+                  for f in r.oom_kills]
     lines.append("")
     if r.dropped is None:
         lines.append("dropped: unknown (no summary line)")
@@ -126,6 +133,11 @@ def report_text(r: Report) -> str:
                      f"{'' if len(r.problems) == 1 else 's'}: {named}"
                      + (f", +{more} more" if more > 0 else ""))
     return "\n".join(inert_ascii(x) for x in lines) + "\n"
+
+
+def _grew(f: Failure) -> dict[str, Any]:
+    """An OOM kill's `grew`, as in its failure line; nothing for other failures."""
+    return {"grew": [g.to_json() for g in f.grew]} if f.kind == "oom_kill" else {}
 
 
 def report_obj(r: Report) -> dict[str, Any]:
@@ -150,7 +162,10 @@ def report_obj(r: Report) -> dict[str, Any]:
                       "pid": f.pid, "comm": f.comm, "cgroup": f.cgroup, "syscall": f.syscall,
                       "errno": f.errno, "size": f.size, "cause": f.cause,
                       "explanation": f.explanation, "confidence": f.confidence,
-                      "evidence": dict(f.evidence)} for who, f in r.findings],
+                      "evidence": dict(f.evidence), **_grew(f)} for who, f in r.findings],
+        "oom_kills": [{"time": jsonout.iso_time(f.time), "pid": f.pid, "comm": f.comm,
+                       "cgroup": f.cgroup, "grew": [g.to_json() for g in f.grew]}
+                      for f in r.oom_kills],
         "problems": [{"line": n, "problem": why} for n, why in r.problems],
     }
 

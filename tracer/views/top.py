@@ -29,10 +29,13 @@ class StopAtEnd(StopFlag):
 
 
 def run_top(source: Source, *, duration: Optional[float], interval: float = 1.0,
-            out: TextIO = sys.stdout, terminal: Optional[bool] = None) -> Snapshot:
+            out: TextIO = sys.stdout, terminal: Optional[bool] = None,
+            growth: Optional[bool] = None) -> Snapshot:
     """The dashboard until Ctrl-C, SIGTERM or the duration; a replayed recording (a source
     with `replay` set, e.g. sources.ReplaySource) also ends it, and is shown as recorded
-    (its failures are not diagnosed again on this host)."""
+    (its failures are not diagnosed again on this host). `growth`: whether the source
+    tracks growth, so the growing panel shows even when nothing grows (by default, what
+    the source's own `growth` says)."""
     from rich.live import Live
 
     from .cost import CostWatch
@@ -41,6 +44,7 @@ def run_top(source: Source, *, duration: Optional[float], interval: float = 1.0,
 
     replay = bool(getattr(source, "replay", False))
     board = Dashboard()
+    board.growth = bool(getattr(source, "growth", False)) if growth is None else growth
     costs = CostWatch()  # memtrace's own probes, from the snapshots' BPF run-time stats
     is_tty = out.isatty() if terminal is None else terminal
     console = live_console(out, is_tty)
@@ -53,7 +57,8 @@ def run_top(source: Source, *, duration: Optional[float], interval: float = 1.0,
                                cost=costs.line()), refresh=True)
         else:
             key = (total_failures(board.snapshot), board.events_seen,
-                   tuple(sorted(board.snapshot.drops.items())))
+                   tuple(sorted(board.snapshot.drops.items())),
+                   tuple(g.pid for g in board.snapshot.growing))  # who grows, not how fast
             if key != last_plain[0]:
                 last_plain[0] = key
                 out.write(render_plain(board, cost=costs.line()) + "\n")

@@ -1,0 +1,175 @@
+"""The kernel side of growth tracking without a kernel: tracer/kernel/growth.py turning growth
+events (struct lk_event) into LeakProfile calls, the one decoder LeakSource and LiveSource
+share, and what the build passes the growth probes (their live behaviour:
+tests/bpf/test_leaks.py and tests/bpf/test_growth.py)."""
+
+from __future__ import annotations
+
+import ctypes as ct
+from typing import Optional
+
+import pytest
+
+from tracer.kernel import abi
+from tracer.kernel.build import BuildOptions, Layout, cflags
+from tracer.kernel.growth import GrowthDecoder, leak_event
+from tracer.model.leaks import GROWTH, LeakProfile
+
+pytestmark = pytest.mark.unit
+
+PID = 4242
+PAGE = 4096
+
+
+class ScriptedUnwinder:
+    """Frames from a table instead of a binary: unwind() gives the addresses it was told,
+    symbolize() names them. Counts refreshes (a frame outside every known mapping)."""
+
+    def __init__(self, addrs: list[int], names: dict[int, str]):
+        self.addrs = addrs
+        self.names = names
+        self.unwound: list[tuple[int, int, int, bytes]] = []
+
+    def unwind(self, ip: int, sp: int, bp: int, stack: bytes) -> list[int]:
+        self.unwound.append((ip, sp, bp, stack))
+        return list(self.addrs)
+
+    def symbolize(self, addr: int, first: bool = False) -> tuple[str, str, Optional[str]]:
+        name = self.names.get(addr if first else addr - 1)
+        if name is None:
+            return f"0x{addr:x}", "[unknown]", None
+        return name, "grower", f"grower.c:{addr & 0xff}"
+
+
+def event(kind: int, *, pid: int = PID, addr: int = 0, length: int = 0, weight: int = 0,
+          ts_ns: int = 1_000_000_000, cgroup_id: int = 0, comm: bytes = b"grower",
+          stack: bytes = b"", ip: int = 0, old_addr: int = 0, old_len: int = 0) -> abi.LeakEvent:
+    e = abi.LeakEvent()
+    e.kind, e.pid, e.tid, e.ts_ns = kind, pid, pid, ts_ns
+    e.addr, e.len, e.weight, e.cgroup_id = addr, length, weight, cgroup_id
+    e.old_addr, e.old_len, e.ip = old_addr, old_len, ip
+    e.comm = comm
+    ct.memmove(ct.addressof(e.stack), stack, len(stack))
+    e.stack_len = len(stack)
+    return e
+
+
+def decoder(unwinder=None, cgroups: Optional[dict[int, str]] = None
+            ) -> tuple[GrowthDecoder, LeakProfile, list[tuple[int, bool]]]:
+    profile = LeakProfile(GROWTH, (), all_processes=True, sample_bytes=PAGE, started=0.0)
+    asked: list[tuple[int, bool]] = []
+    u = unwinder or ScriptedUnwinder([], {})
+
+    def unwinder_for(pid: int, refresh: bool):
+        asked.append((pid, refresh))
+        return u
+
+    names = cgroups or {}
+    return GrowthDecoder(profile, unwinder_for, names.get, clock_offset=100.0), profile, asked
+
+
+def test_a_record_too_short_is_refused_and_a_stack_never_read_past_the_record():
+    e = event(abi.LK_EV_FAULT, stack=b"\1" * 64)
+    base = ct.addressof(e)
+    assert leak_event(base, abi.LeakEvent.stack.offset - 1) is None
+    whole = leak_event(base, ct.sizeof(abi.LeakEvent))
+    assert whole is not None and whole.stack_len == 64
+    e.stack_len = 4096  # says more than the record that arrived holds
+    cut = leak_event(base, abi.LeakEvent.stack.offset + 100)
+    assert cut is not None and cut.stack_len == 0
+
+
+def test_a_sampled_first_touch_is_resident_growth_with_its_frames_and_owner():
+    u = ScriptedUnwinder([0x1010, 0x2021], {0x1010: "leak_here", 0x2020: "main"})
+    dec, profile, asked = decoder(u, {77: "/jobs/a"})
+    e = event(abi.LK_EV_FAULT, addr=0x7000, length=PAGE, weight=3 * PAGE, cgroup_id=77,
+              stack=b"\0" * 128, ip=0x1010)
+    assert dec.handle(e)
+    proc = profile.processes[PID]
+    assert (proc.comm, proc.cgroup, proc.cgroup_id) == ("grower", "/jobs/a", 77)
+    assert proc.resident.weight() == 3 * PAGE
+    frames = ("leak_here (grower)", "main (grower)")
+    assert profile.stacks[(PID, frames)].bytes == 3 * PAGE
+    assert profile.sources[frames] == ("grower.c:16", "grower.c:33")
+    assert u.unwound[0][3] == b"\0" * 128  # the stack copy as the kernel sent it
+    assert asked[0] == (PID, False)
+    [grew] = profile.grew(PID, 100.0 + 1.0 + 1)
+    assert (grew.pid, grew.bytes, grew.frames) == (PID, 3 * PAGE, frames)
+
+
+def test_an_unknown_first_frame_asks_for_a_refreshed_unwinder():
+    u = ScriptedUnwinder([0x9999], {})
+    dec, profile, asked = decoder(u)
+    dec.handle(event(abi.LK_EV_FAULT, addr=0x7000, length=PAGE, weight=PAGE, stack=b"\0" * 8))
+    assert (PID, True) in asked  # a library mapped since the unwinder last looked
+    assert profile.top()[0].frames == ("0x9999 ([unknown])",)
+
+
+def test_without_a_stack_copy_the_frame_is_the_instruction():
+    dec, profile, _ = decoder()
+    dec.handle(event(abi.LK_EV_FAULT, addr=0x7000, length=PAGE, weight=PAGE, ip=0xabc))
+    dec.handle(event(abi.LK_EV_FAULT, pid=7, addr=0x7000, length=PAGE, weight=PAGE))
+    assert {s.frames for s in profile.top()} == {("0xabc",), ("[no stack]",)}
+
+
+def test_releases_moves_exec_and_exit_shape_the_process_growth():
+    dec, profile, asked = decoder()
+    for i in range(4):
+        dec.handle(event(abi.LK_EV_FAULT, addr=0x10000 + i * PAGE, length=PAGE, weight=PAGE))
+    proc = profile.processes[PID]
+    assert proc.resident.weight() == 4 * PAGE
+    dec.handle(event(abi.LK_EV_MUNMAP, addr=0x10000, length=PAGE))
+    assert proc.resident.weight() == 3 * PAGE
+    dec.handle(event(abi.LK_EV_MADVISE, addr=0x11000, length=PAGE))  # pages given back
+    assert proc.resident.weight() == 2 * PAGE
+    # mremap moves what is left to 0x90000
+    dec.handle(event(abi.LK_EV_MREMAP, old_addr=0x12000, old_len=2 * PAGE, addr=0x90000,
+                     length=2 * PAGE))
+    assert proc.resident.owner_of(0x90000, 2 * PAGE) and not proc.resident.owner_of(0x12000, 2 * PAGE)
+    dec.handle(event(abi.LK_EV_BRK_SHRINK, addr=0x90000, length=PAGE))
+    assert proc.resident.weight() == PAGE
+    dec.handle(event(abi.LK_EV_EXEC))  # a new image: nothing of the old one is resident
+    assert proc.resident.weight() == 0 and (PID, True) in asked
+    dec.handle(event(abi.LK_EV_EXIT, ts_ns=2_000_000_000))
+    assert proc.exited_at == 102.0 and PID in profile.exited
+
+
+def test_mapped_growth_and_kinds_that_are_not_growth():
+    dec, profile, _ = decoder()
+    assert dec.handle(event(abi.LK_EV_MMAP, addr=0x40000, length=16 * PAGE, weight=8 * PAGE))
+    assert profile.processes[PID].mapped.weight() == 8 * PAGE
+    assert profile.total_mapped_bytes() == 8 * PAGE and profile.total_bytes() == 0
+    for kind in (abi.LK_EV_FORK, abi.LK_EV_STACK, abi.LK_EV_ALLOC_FAIL, 99):
+        assert not dec.handle(event(kind))
+
+
+def test_hostile_names_are_decoded_not_raised_on():
+    dec, profile, _ = decoder()
+    dec.handle(event(abi.LK_EV_FAULT, addr=0x7000, length=PAGE, weight=PAGE,
+                     comm=b"\xff\xfe\x1b[2Jx"))
+    assert profile.processes[PID].comm == "\ufffd\ufffd\x1b[2Jx"  # views make it inert
+
+
+def test_lost_samples_count_what_grew_since_the_last_reading():
+    dec, profile, _ = decoder()
+    resident, mapped = PID << 1, (PID << 1) | 1
+    dec.read_lost([(resident, 10 * PAGE), (mapped, 4 * PAGE)], now=5.0)
+    proc = profile.processes[PID]
+    assert proc.resident.weight() == 0  # no address: counted under the lost frames
+    lost = [s for s in profile.stacks.values() if s.pid == PID]
+    assert [(s.bytes, s.mapped_bytes) for s in lost] == [(10 * PAGE, 4 * PAGE)]
+    dec.read_lost([(resident, 12 * PAGE), (mapped, 4 * PAGE)], now=6.0)
+    assert lost[0].bytes == 12 * PAGE  # only the 2 pages more
+    dec.read_lost([], now=7.0)  # the key went (evicted): it starts again from 0
+    dec.read_lost([(resident, PAGE)], now=8.0)
+    assert lost[0].bytes == 13 * PAGE
+    assert sum(g.bytes for g in profile.grew(PID, 9.0)) == 13 * PAGE
+
+
+def test_the_build_names_user_pages_for_the_page_allocators_sampler():
+    layout = Layout({}, frozenset({"MT_HAVE_GROWTH"}),
+                    {"___GFP_HARDWALL_BIT": 20, "___GFP_MOVABLE_BIT": 3})
+    flags = cflags(layout, BuildOptions(frozenset({"KMEM", "SYSCALLS", "GROWTH"})))
+    assert f"-DMT_GFP_USER_MOVABLE={(1 << 20) | (1 << 3)}" in flags
+    assert "-DMT_PROBE_GROWTH=1" in flags and "-DMT_HAVE_GROWTH=1" in flags
+    assert "-DMT_NR_MUNMAP=11" in flags and "-DMT_NR_MREMAP=25" in flags

@@ -1,0 +1,180 @@
+"""Growth events (struct lk_event, from bpf/growth.bpf.h) turned into a LeakProfile: the one
+decoder of `memtrace leaks` growth mode (LeakSource) and of the failure tracer's growth
+tracking (LiveSource), which differ only in how they find a process's code."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import os
+import time
+from typing import Any, Callable, Iterable, Optional
+
+from ..model.leaks import Frames, LeakProfile
+from ..unwind.unwinder import Unwinder
+from . import abi
+
+Log = Callable[[str], None]
+# (pid, refresh) -> the unwinder of pid's code; refresh: its code changed (or a frame fell
+# outside every mapping it knew)
+UnwinderFor = Callable[[int, bool], Unwinder]
+# a memory cgroup's kernfs id -> its path relative to its hierarchy, None when unknown
+CgroupName = Callable[[int], Optional[str]]
+
+# Frame names remembered per process, and stacks' sources kept: past this many, forgotten
+# (they are found again on demand).
+MAX_NAMES = 65536
+
+# The event kinds this decoder turns into profile calls (the rest are malloc mode's and the
+# leak profiler's own: forks it follows, stacks and allocator failures).
+GROWTH_KINDS = frozenset((abi.LK_EV_MMAP, abi.LK_EV_BRK, abi.LK_EV_MUNMAP,
+                          abi.LK_EV_BRK_SHRINK, abi.LK_EV_MADVISE, abi.LK_EV_MREMAP,
+                          abi.LK_EV_FAULT, abi.LK_EV_EXEC, abi.LK_EV_EXIT))
+
+
+def process_start(pid: int, proc: str = "/proc") -> Optional[float]:
+    """When the process started, in wall-clock seconds (None when it is gone)."""
+    try:
+        with open(f"{proc}/{pid}/stat") as f:
+            stat = f.read()
+        with open(f"{proc}/uptime") as f:
+            uptime = float(f.read().split()[0])
+        ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22: starttime
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def leak_event(data: Any, size: int) -> Optional[abi.LeakEvent]:
+    """The ring buffer record at `data` as a struct lk_event, its stack length cut to what the
+    record holds (never read past it); None for a record too short to be one."""
+    if size < ct.sizeof(abi.LeakEvent) - abi.LK_STACK_BYTES:
+        return None
+    e = ct.cast(data, ct.POINTER(abi.LeakEvent)).contents
+    if e.stack_len > min(abi.LK_STACK_BYTES, size - abi.LeakEvent.stack.offset):
+        e.stack_len = 0
+    return e
+
+
+class GrowthDecoder:
+    """Feeds one LeakProfile from growth events: names each sample's frames (unwinding the copy
+    of the user stack with the binaries' CFI, through code without frame pointers), says who
+    the process is (name, memory cgroup, start), and counts the samples the kernel lost."""
+
+    def __init__(self, profile: LeakProfile, unwinder: UnwinderFor, cgroup_name: CgroupName,
+                 clock_offset: Optional[float] = None):
+        self.profile = profile
+        self._unwinder = unwinder
+        self._cgroup_name = cgroup_name
+        self._clock_offset = (time.time() - time.monotonic() if clock_offset is None
+                              else clock_offset)
+        # pid -> (frame address, exact) -> its name and source; forgotten when the process
+        # maps new code (exec, a refresh) or exits
+        self._names: dict[int, dict[tuple[int, bool], tuple[str, Optional[str]]]] = {}
+        self._lost_seen: dict[int, int] = {}
+
+    def time(self, e: Any) -> float:
+        """The event's time in wall-clock seconds (the kernel stamps CLOCK_MONOTONIC)."""
+        return self._clock_offset + e.ts_ns / 1e9
+
+    # -- frames ---------------------------------------------------------------------------
+    def frames(self, e: Any) -> Frames:
+        """The sampled thread's stack as "function (module)", innermost first."""
+        if not e.stack_len:
+            return (f"0x{e.ip:x}",) if e.ip else ("[no stack]",)
+        pid = int(e.pid)
+        stack = ct.string_at(ct.addressof(e.stack), e.stack_len)
+        rows = self._symbolized(pid, self._unwinder(pid, False).unwind(e.ip, e.sp, e.bp, stack))
+        if rows and "[unknown]" in rows[0][0]:
+            self._names.pop(pid, None)  # a library loaded since we last looked
+            unwinder = self._unwinder(pid, True)
+            rows = self._symbolized(pid, unwinder.unwind(e.ip, e.sp, e.bp, stack))
+        frames = tuple(text for text, _ in rows)
+        if len(self.profile.sources) > MAX_NAMES:
+            self.profile.sources.clear()
+        self.profile.sources.setdefault(frames, tuple(src for _, src in rows))
+        return frames
+
+    def _symbolized(self, pid: int, addrs: list[int]) -> list[tuple[str, Optional[str]]]:
+        """("function (module)", "file:line") per frame address (the first exact, the rest
+        return addresses), remembered per process: the same return addresses come back in
+        sample after sample, and naming one is most of the cost of a sample."""
+        names = self._names.setdefault(pid, {})
+        if len(names) > MAX_NAMES:
+            names.clear()
+        u = self._unwinder(pid, False)
+        out = []
+        for i, addr in enumerate(addrs):
+            key = (addr, i == 0)
+            row = names.get(key)
+            if row is None:
+                name, module, source = u.symbolize(addr, first=i == 0)
+                row = names[key] = (f"{name} ({module})", source)
+            out.append(row)
+        return out
+
+    def forget_names(self, pid: int) -> None:
+        """The process's code changed (exec) or it ended: its frame names are stale."""
+        self._names.pop(pid, None)
+
+    def forget_all_names(self) -> None:
+        """Drop every remembered frame name (memtrace ran out of memory): found again."""
+        self._names.clear()
+
+    # -- events ---------------------------------------------------------------------------
+    def _who(self, e: Any) -> dict[str, Any]:
+        """The process's name, memory cgroup and start, as the event and /proc tell them."""
+        pid = int(e.pid)
+        who: dict[str, Any] = {"comm": abi.cstr(e.comm)}
+        if e.cgroup_id:
+            who["cgroup_id"] = int(e.cgroup_id)
+            who["cgroup"] = self._cgroup_name(int(e.cgroup_id))
+        if pid not in self.profile.processes:
+            started = process_start(pid)
+            if started is not None and self.profile.started is not None:
+                who["since"] = max(started, self.profile.started)
+        return who
+
+    def handle(self, e: Any) -> bool:
+        """Turn one growth event into profile calls; False for a kind that is not growth's."""
+        kind = int(e.kind)
+        if kind not in GROWTH_KINDS:
+            return False
+        p = self.profile
+        pid = int(e.pid)
+        t = self.time(e)
+        if kind == abi.LK_EV_EXEC:
+            self.forget_names(pid)
+            self._unwinder(pid, True)
+            p.exec(pid, t)
+        elif kind == abi.LK_EV_EXIT:
+            self.forget_names(pid)
+            p.exit(pid, t)
+        elif kind == abi.LK_EV_MMAP or kind == abi.LK_EV_BRK:
+            p.grow(pid, int(e.addr), int(e.len), self.frames(e), int(e.weight), t,
+                   **self._who(e))
+        elif kind == abi.LK_EV_MUNMAP or kind == abi.LK_EV_BRK_SHRINK:
+            p.shrink(pid, int(e.addr), int(e.len), t)
+        elif kind == abi.LK_EV_MADVISE:
+            p.shrink(pid, int(e.addr), int(e.len), t, resident_only=True)
+        elif kind == abi.LK_EV_MREMAP:
+            frames = self.frames(e) if e.weight else ("[no stack]",)
+            p.move(pid, int(e.old_addr), int(e.old_len), int(e.addr), int(e.len), frames,
+                   int(e.weight), t, **(self._who(e) if e.weight else {}))
+        else:  # LK_EV_FAULT
+            p.touched(pid, int(e.addr), self.frames(e), int(e.weight), t, int(e.len),
+                      **self._who(e))
+        return True
+
+    def read_lost(self, totals: Iterable[tuple[int, int]], now: Optional[float] = None) -> None:
+        """The kernel's per-process totals of sampled bytes whose events the full ring buffer
+        refused (key pid << 1, | 1 for mapped growth): what grew since the last reading is
+        counted for the process without a stack."""
+        now = time.time() if now is None else now
+        current: dict[int, int] = {}
+        for key, total in totals:
+            current[key] = total
+            seen = self._lost_seen.get(key, 0)
+            if total > seen:
+                self.profile.lost(key >> 1, total - seen, bool(key & 1), now)
+        # a key gone from the map (evicted, or its process exited) starts again from 0
+        self._lost_seen = current
