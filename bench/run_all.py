@@ -392,6 +392,13 @@ def make_memtrace(args) -> Tracer:
     return Tracer("memtrace", memtrace_argv(args.memtrace), is_memtrace_ready)
 
 
+def make_memtrace_nogrowth(args) -> Tracer:
+    """memtrace as make_memtrace runs it, with its growth tracking off (--no-growth): what
+    growth tracking costs is the difference between the two."""
+    argv = memtrace_argv(args.memtrace)
+    return Tracer("memtrace_nogrowth", [*argv, "--no-growth"], is_memtrace_ready)
+
+
 def make_floor() -> Tracer:
     return Tracer("floor", [venv_python(), str(BENCH / "floor.py")],
                   lambda line: line.strip() == "ready")
@@ -587,10 +594,13 @@ def section_storm(args, res: Results) -> dict:
     workload = build_storm()
     floor = tracked(make_floor(), res)
     mt = tracked(make_memtrace(args), res)
+    mtn = tracked(make_memtrace_nogrowth(args), res)
     floor_pairs: list = []
     mt_pairs: list = []
+    mtn_pairs: list = []
     for i in range(args.pairs):
-        order = [("floor", floor, floor_pairs), ("memtrace", mt, mt_pairs)]
+        order = [("floor", floor, floor_pairs), ("memtrace", mt, mt_pairs),
+                 ("memtrace_nogrowth", mtn, mtn_pairs)]
         if i % 2:
             order.reverse()
         for name, tracer, into in order:
@@ -600,6 +610,7 @@ def section_storm(args, res: Results) -> dict:
                 f"traced {t['total_s']:.3f}s  ratio {t['total_s'] / u['total_s']:.3f}")
     fl = summarise(floor_pairs, STORM_KEYS)
     mtr = summarise(mt_pairs, STORM_KEYS)
+    mtn_s = summarise(mtn_pairs, STORM_KEYS)
     first = floor_pairs[0][0]
     iters, calls = first.get("iters", 0), first.get("syscalls", 0)
     out = {
@@ -616,17 +627,39 @@ def section_storm(args, res: Results) -> dict:
             k: med([mt_pairs[i][1][k] / mt_pairs[i][0][k] - floor_pairs[i][1][k]
                     / floor_pairs[i][0][k] for i in range(min(len(mt_pairs), len(floor_pairs)))])
             for k in STORM_KEYS},
+        "memtrace_nogrowth": mtn_s,
+        # What growth tracking costs: memtrace's ratio minus memtrace --no-growth's, in
+        # points of the untraced time, from the medians and round by round (with the range
+        # of the per-round differences).
+        "growth_cost": {
+            k: (mtr[k]["ratio_median"] - mtn_s[k]["ratio_median"])
+            for k in STORM_KEYS if mtr[k]["ratio_median"] and mtn_s[k]["ratio_median"]},
+        "growth_cost_by_round": {
+            k: _by_round(mt_pairs, mtn_pairs, k) for k in STORM_KEYS},
         # Extra time per unit of work (median over pairs of traced - untraced).
         "extra_ns_per_syscall": {
             "floor": fl["syscall_s"]["extra_median_s"] * 1e9 / calls if calls else None,
-            "memtrace": mtr["syscall_s"]["extra_median_s"] * 1e9 / calls if calls else None},
+            "memtrace": mtr["syscall_s"]["extra_median_s"] * 1e9 / calls if calls else None,
+            "memtrace_nogrowth": (mtn_s["syscall_s"]["extra_median_s"] * 1e9 / calls
+                                  if calls else None)},
         "extra_ns_per_mmap_iter": {
             "floor": fl["mmap_s"]["extra_median_s"] * 1e9 / iters if iters else None,
-            "memtrace": mtr["mmap_s"]["extra_median_s"] * 1e9 / iters if iters else None},
+            "memtrace": mtr["mmap_s"]["extra_median_s"] * 1e9 / iters if iters else None,
+            "memtrace_nogrowth": (mtn_s["mmap_s"]["extra_median_s"] * 1e9 / iters
+                                  if iters else None)},
     }
     if not args.no_bpf_stats:
         out["bpf_stats"] = storm_bpf_stats(args, workload, res)
     return out
+
+
+def _by_round(a_pairs: list, b_pairs: list, k: str) -> dict:
+    """Round by round (round i has one pair of each, measured back to back): the median,
+    minimum and maximum of a's ratio minus b's."""
+    diffs = [a_pairs[i][1][k] / a_pairs[i][0][k] - b_pairs[i][1][k] / b_pairs[i][0][k]
+             for i in range(min(len(a_pairs), len(b_pairs)))]
+    return {"median": med(diffs), "min": min(diffs) if diffs else None,
+            "max": max(diffs) if diffs else None}
 
 
 def storm_bpf_stats(args, workload: list[str], res: Results) -> dict:
@@ -637,7 +670,8 @@ def storm_bpf_stats(args, workload: list[str], res: Results) -> dict:
         return {"error": "BPF_ENABLE_STATS failed (kernel too old or not permitted)"}
     out: dict = {}
     try:
-        for tracer in (tracked(make_floor(), res), tracked(make_memtrace(args), res)):
+        for tracer in (tracked(make_floor(), res), tracked(make_memtrace(args), res),
+                       tracked(make_memtrace_nogrowth(args), res)):
             for attempt in range(args.retries + 1):
                 wait_quiet(args.quiet_timeout)
                 tracer.start()
@@ -705,9 +739,11 @@ def section_startup(args, res: Results) -> dict:
 
 
 # ---------------------------------------------------------------- server
-# memtrace: `watch` as users run it (slab hooks adaptive: detached while nothing fails);
-# memtrace_full: `watch --slab-hooks always`, every hook attached (what it cost before).
-SERVER_ARMS = ("untraced", "sys_exit", "floor", "memtrace", "memtrace_full", "export")
+# memtrace: `watch` as users run it (slab hooks adaptive: detached while nothing fails;
+# growth tracked); memtrace_nogrowth: `watch --no-growth`; memtrace_full: `watch
+# --slab-hooks always`, every slab hook attached all the time.
+SERVER_ARMS = ("untraced", "sys_exit", "floor", "memtrace", "memtrace_nogrowth",
+               "memtrace_full", "export")
 SERVER_KEYS = ("rps", "set_rps", "get_rps")
 REDIS_CLIENTS = 20
 REDIS_RUN_TIMEOUT_S = 120.0  # one redis-benchmark run; it takes a few seconds
@@ -792,7 +828,7 @@ def redis_benchmark(client: str, port: int, requests: int) -> dict[str, float]:
 
 
 def section_server(args, res: Results) -> dict:
-    """redis-server under redis-benchmark, untraced and under five tracers, side by side:
+    """redis-server under redis-benchmark, untraced and under six tracers, side by side:
     each round runs every arm once (order reversed in odd rounds); each arm's ratio is its
     throughput over the untraced throughput of the same round."""
     server, client = ensure_redis()
@@ -803,6 +839,7 @@ def section_server(args, res: Results) -> dict:
         "sys_exit": tracked(make_bare_sys_exit(), res),
         "floor": tracked(make_floor(), res),
         "memtrace": tracked(make_memtrace(args), res),
+        "memtrace_nogrowth": tracked(make_memtrace_nogrowth(args), res),
         "memtrace_full": tracked(Tracer("memtrace_full", [*memtrace_argv(args.memtrace),
                                                           "--slab-hooks", "always"],
                                         is_memtrace_ready), res),
@@ -866,12 +903,20 @@ def section_server(args, res: Results) -> dict:
                      - arms[name]["rps"]["ratio_median"],
                      "median_by_round": med([(r["sys_exit"]["rps"] - r[name]["rps"])
                                              / r["untraced"]["rps"] for r in per_round])}
-              for name in ("floor", "memtrace", "memtrace_full", "export")}
+              for name in ("floor", "memtrace", "memtrace_nogrowth", "memtrace_full",
+                           "export")}
+    # What growth tracking costs: memtrace --no-growth's throughput ratio minus memtrace's.
+    growth_rounds = [(r["memtrace_nogrowth"]["rps"] - r["memtrace"]["rps"]) / r["untraced"]["rps"]
+                     for r in per_round]
+    growth = {"from_medians": arms["memtrace_nogrowth"]["rps"]["ratio_median"]
+              - arms["memtrace"]["rps"]["ratio_median"],
+              "median_by_round": med(growth_rounds), "min_by_round": min(growth_rounds),
+              "max_by_round": max(growth_rounds)}
     return {"workload": {"server": version.strip(), "clients": REDIS_CLIENTS,
                          "requests_per_test": requests, "tests": ["SET", "GET"],
                          "address": "127.0.0.1"},
             "rounds": rounds, "untraced_median": untraced, "arms": arms,
-            "cost_beyond_sys_exit": beyond, "per_round": per_round}
+            "cost_beyond_sys_exit": beyond, "growth_cost": growth, "per_round": per_round}
 
 
 def bpf_noise(before: dict[int, tuple[str, str]], after: dict[int, tuple[str, str]]
@@ -928,7 +973,9 @@ def table(results: dict) -> str:
                   f"(mmap {_r(u['mmap_s'])}s, syscalls {_r(u['syscall_s'])}s)",
                   f"  {'median ratio (range)':24s} {'total':>22s} {'mmap phase':>22s} "
                   f"{'syscall phase':>22s}"]
-        for name in ("floor", "memtrace"):
+        for name in ("floor", "memtrace", "memtrace_nogrowth"):
+            if name not in st:
+                continue
             cells = []
             for k in STORM_KEYS:
                 s = st[name][k]
@@ -945,6 +992,14 @@ def table(results: dict) -> str:
         d = st["memtrace_minus_floor_by_round"]
         lines.append(f"  {'  (median by round)':24s} " +
                      " ".join(f"{_pp(d.get(k)):>22s}" for k in STORM_KEYS))
+        if "growth_cost" in st:
+            d = st["growth_cost"]
+            lines.append(f"  {'growth (on - off)':24s} " +
+                         " ".join(f"{_pp(d.get(k)):>22s}" for k in STORM_KEYS))
+            d = st["growth_cost_by_round"]
+            lines.append(f"  {'  (median by round)':24s} " + " ".join(
+                f"{_pp(d[k]['median']) + ' (' + _pp(d[k]['min']) + '..' + _pp(d[k]['max']) + ')':>22s}"
+                for k in STORM_KEYS))
         ens, enm = st["extra_ns_per_syscall"], st["extra_ns_per_mmap_iter"]
         lines.append(f"  extra per getppid: floor {_r(ens['floor'], '{:.1f}')} ns, memtrace "
                      f"{_r(ens['memtrace'], '{:.1f}')} ns;  extra per mmap iteration: floor "
@@ -1032,6 +1087,12 @@ def server_table(sv: dict) -> list[str]:
         lines.append(f"  {name + ' / untraced':24s} " + " ".join(f"{c:>22s}" for c in cells)
                      + (f"  ({noisy} noisy round(s) kept; clean-only "
                         f"{_r(a['rps']['ratio_median_clean_rounds'])})" if noisy else ""))
+    g = sv.get("growth_cost")
+    if g:
+        lines.append(f"  growth tracking (memtrace --no-growth - memtrace, points of untraced "
+                     f"throughput): {_pp(g['from_medians'])} from the medians, "
+                     f"{_pp(g['median_by_round'])} by round ({_pp(g['min_by_round'])}.."
+                     f"{_pp(g['max_by_round'])})")
     b = sv["cost_beyond_sys_exit"]
     lines.append("  cost beyond the bare sys_exit hook (points of untraced throughput; from the "
                  "medians / median by round): " + ", ".join(
@@ -1131,7 +1192,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         "noisy_pairs_kept": sum(1 for e in NOISE if e["attempt"] == args.retries),
         "pairs_redone": sum(1 for e in NOISE if e["attempt"] < args.retries),
     }
-    not_attached = [p["name"] for p in res.probes or [] if p.get("status") != "attached"]
+    not_attached = [p["name"] for p in res.probes or []
+                    if p.get("status") not in ("attached", "standby")]
     if not_attached:
         results["memtrace"]["probes_not_attached"] = not_attached
     results["env"]["loadavg_after"] = os.getloadavg()[0]

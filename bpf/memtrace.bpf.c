@@ -60,9 +60,8 @@ struct mt_pivots {
 	u64 v[16];
 };
 BPF_PERCPU_ARRAY(scratch_pivots, struct mt_pivots, 1);
-/* Programs tail-called to keep the verifier's work per program small (user space fills it). */
-#define MT_TAIL_RANGE_CHECK 0
-BPF_PROG_ARRAY(tails, 1);
+/* Programs tail-called (memtrace.h MT_TAIL_*; user space fills it). */
+BPF_PROG_ARRAY(tails, MT_TAILS);
 /* Events with a stack copy are built here and copied into the ring buffer at their real
  * length. One slot per program that can interrupt another on the same CPU (a syscall's
  * exit, a page allocation failing in an interrupt, a slab one inside that). */
@@ -672,8 +671,7 @@ static __always_inline int growth_of_self(u32 tgid)
 #endif
 }
 
-/* From mt_sys_exit, which read the syscall number: munmap and madvise returning 0, brk and
- * mremap returning an address. Everything else costs four comparisons. */
+/* munmap and madvise returning 0, brk and mremap returning an address (mt_sys_exit's tail). */
 static __always_inline void growth_after_syscall(void *regs, s64 nr, long ret)
 {
 	if (nr != MT_NR_MUNMAP && nr != MT_NR_MADVISE && nr != MT_NR_BRK && nr != MT_NR_MREMAP)
@@ -783,19 +781,21 @@ static __always_inline void growth_page_sampled(struct mt_growth_cpu *c, u64 pag
 	c->mm = (u64)mm;
 }
 
-/* From mt_page_alloc: a page (or a huge page, by its order) allocated for a user allocation. */
-static __always_inline void growth_page(struct bpf_raw_tracepoint_args *ctx)
+/* mt_page_alloc's growth work (tail-called) for a user page (a huge page by its order): a
+ * sample waiting for its page, a sample point in this one. */
+int mt_growth_page_tail(struct bpf_raw_tracepoint_args *ctx)
 {
 	u32 zero = 0;
 	struct mt_growth_cpu *c = growth_cpu.lookup(&zero);
 	if (!c)
-		return;
+		return 0;
 	if (c->page)
 		growth_page_mapped(c, ctx->args[0], 0);
 	u64 bytes = (u64)MT_PAGE_SIZE << (ctx->args[1] & 15);
 	u64 weight = sample_bytes_at(&c->left, bytes);
 	if (weight)
 		growth_page_sampled(c, ctx->args[0], bytes, weight);
+	return 0;
 }
 
 /* A process image ends (exec, exit): its heap and samples with it. Returns whether it had
@@ -1067,36 +1067,63 @@ int mt_range_tail(struct bpf_raw_tracepoint_args *ctx)
 }
 #endif
 
-/* Growth tracking also needs the syscall number when a call returns 0 (munmap, madvise). */
-#ifdef MT_PROBE_GROWTH
-#define MT_GROWTH_ZERO_RETURN 1
-#else
-#define MT_GROWTH_ZERO_RETURN 0
-#endif
-
-int mt_sys_exit(struct bpf_raw_tracepoint_args *ctx)
+/* Every syscall exit: a thread's kernel failures pending for this syscall are forgotten. */
+static __always_inline void syscall_done(void)
 {
-	long ret = ctx->args[1];
-	/* Anything below MT_MIN_BRK_ADDR cannot be a break address. */
-	if (ret == -ENOMEM || ret == -EAGAIN || ret >= MT_MIN_BRK_ADDR ||
-	    (MT_GROWTH_ZERO_RETURN && ret == 0)) {
-		void *regs = (void *)ctx->args[0];
-		s64 nr = -1;
-		bpf_probe_read_kernel(&nr, sizeof(nr), regs + MT_OFF_REGS_ORIG_AX);
-#ifdef MT_PROBE_GROWTH
-		growth_after_syscall(regs, nr, ret);
-#endif
-		if (ret != 0 && syscall_failed(ctx, ret, nr))
-			return 0;
-	}
 	u32 zero = 0;
 	u64 *a = armed.lookup(&zero);
 	if (a && *a) {
 		u32 tid = (u32)bpf_get_current_pid_tgid();
 		clear_pending(tid);
 	}
+}
+
+int mt_sys_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	long ret = ctx->args[1];
+	/* The common case first: 1 .. MT_MIN_BRK_ADDR-1 (a count, a pid, a descriptor) is no
+	 * failure, no break address, nothing growth looks at. */
+	if ((u64)ret - 1 < MT_MIN_BRK_ADDR - 1) {
+		syscall_done();
+		return 0;
+	}
+	s64 nr = -1;
+	if (ret == -ENOMEM || ret == -EAGAIN || ret >= MT_MIN_BRK_ADDR) {
+		bpf_probe_read_kernel(&nr, sizeof(nr), (void *)ctx->args[0] + MT_OFF_REGS_ORIG_AX);
+		if (syscall_failed(ctx, ret, nr))
+			return 0;
+	}
+	syscall_done();
+#ifdef MT_PROBE_GROWTH
+	/* Growth's work, in a program of its own: munmap and madvise returning 0 (only for a
+	 * process with sampled memory left), brk and mremap returning an address. */
+	if (ret == 0) {
+		bpf_probe_read_kernel(&nr, sizeof(nr), (void *)ctx->args[0] + MT_OFF_REGS_ORIG_AX);
+		if (nr != MT_NR_MUNMAP && nr != MT_NR_MADVISE)
+			return 0;
+		u32 tgid = bpf_get_current_pid_tgid() >> 32;
+		struct lk_span *sp = growth_spans.lookup(&tgid);
+		if (!sp || sp->lo >= sp->hi)
+			return 0;
+		tails.call(ctx, MT_TAIL_GROWTH_SYSCALL);
+	} else if (ret >= MT_MIN_BRK_ADDR && (nr == MT_NR_BRK || nr == MT_NR_MREMAP)) {
+		tails.call(ctx, MT_TAIL_GROWTH_SYSCALL);
+	}
+#endif
 	return 0;
 }
+
+#ifdef MT_PROBE_GROWTH
+/* mt_sys_exit's growth work (tail-called): the syscall returned ret, its number is read again. */
+int mt_growth_syscall_tail(struct bpf_raw_tracepoint_args *ctx)
+{
+	void *regs = (void *)ctx->args[0];
+	s64 nr = -1;
+	bpf_probe_read_kernel(&nr, sizeof(nr), regs + MT_OFF_REGS_ORIG_AX);
+	growth_after_syscall(regs, nr, ctx->args[1]);
+	return 0;
+}
+#endif
 #endif /* MT_PROBE_SYSCALLS */
 
 /* ======================================================================== */
@@ -1251,8 +1278,18 @@ int mt_page_alloc(struct bpf_raw_tracepoint_args *ctx)
 {
 	if (ctx->args[0]) {
 #ifdef MT_PROBE_GROWTH
-		if (((u32)ctx->args[2] & MT_GFP_USER_MOVABLE) == MT_GFP_USER_MOVABLE)
-			growth_page(ctx); /* a user page: growth's sampler */
+		if (((u32)ctx->args[2] & MT_GFP_USER_MOVABLE) == MT_GFP_USER_MOVABLE) {
+			/* A user page: growth's sampler counts it down here; a sample point, or a
+			 * sample waiting for its page, goes on in a program of its own. */
+			u32 zero = 0;
+			struct mt_growth_cpu *c = growth_cpu.lookup(&zero);
+			u64 bytes = (u64)MT_PAGE_SIZE << (ctx->args[1] & 15);
+			if (c && !c->page && c->left > bytes) {
+				c->left -= bytes;
+				return 0;
+			}
+			tails.call(ctx, MT_TAIL_GROWTH_PAGE);
+		}
 #endif
 		return 0;
 	}

@@ -229,6 +229,13 @@ struct mt_memcg_evidence {
  * ("memtrace" in ASCII): no other program makes that call. */
 #define MT_DISCOVER_MAGIC 0x6d656d7472616365
 
+/* Slots of the `tails` program array: programs the probes tail-call (user space fills it),
+ * to keep the verifier's work per program small and the common paths short. */
+#define MT_TAIL_RANGE_CHECK 0    /* a range syscall's failure: was its range mapped? */
+#define MT_TAIL_GROWTH_SYSCALL 1 /* growth's work at a memory syscall's exit */
+#define MT_TAIL_GROWTH_PAGE 2    /* growth's sample (or a waiting one) at a user page */
+#define MT_TAILS 3
+
 /* Slots of the `globals` array: kernel pointers found once at start. */
 #define MT_GLOBAL_HSTATE 0       /* the default huge page size's struct hstate */
 #define MT_GLOBAL_MAX 1

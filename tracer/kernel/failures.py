@@ -295,7 +295,7 @@ class LiveSource(Loaded):
             flags.append(f"-DLK_SAMPLE_BYTES={self.growth_sample_bytes}")
         self.bpf = load("memtrace.bpf.c", flags, "memtrace's BPF programs")
         self._discover()
-        self._load_tail_calls()
+        growth_failed = self._load_tail_calls()
 
         statuses: dict[str, ProbeStatus] = dict(unavailable)
         for spec in PLAN:
@@ -304,6 +304,9 @@ class LiveSource(Loaded):
                 continue
             if spec.family == "GROWTH" and why_no_growth:
                 statuses[spec.name] = ProbeStatus(spec.name, UNAVAILABLE, None, why_no_growth)
+                continue
+            if spec.family == "GROWTH" and growth_failed:
+                statuses[spec.name] = ProbeStatus(spec.name, FAILED, cand.via, growth_failed)
                 continue
             if cand.via == "poll":
                 statuses[spec.name] = ProbeStatus(spec.name, ATTACHED, "poll", cand.target)
@@ -334,7 +337,7 @@ class LiveSource(Loaded):
         if self.filter.cgroup is not None:
             self.memcg.watch(self.filter.cgroup)
         self.bpf[b"events"].open_ring_buffer(self._on_event)
-        if "GROWTH" in self.families:
+        if "GROWTH" in self.families and not growth_failed:
             self._start_growth()
         self.cost = CostMeter(self.bpf, self.statuses, enable=self.probe_cost)
         host.release_free_heap()  # what the compiler freed: RSS is memtrace's budget in a storm
@@ -368,17 +371,34 @@ class LiveSource(Loaded):
                                              self._cgroup, self._clock_offset)
         self._growth_ring = RingReader(self.bpf, "growth_events", self._on_growth_event)
 
-    def _load_tail_calls(self) -> None:
-        """The programs the syscall probe tail-calls (the range check's VMA walk)."""
+    def _load_tail_calls(self) -> str:
+        """The programs the probes tail-call (the range check's VMA walk; growth's work at a
+        memory syscall's exit and at a sample). Returns why growth's could not load ("" when
+        they did, or growth is not compiled in)."""
         assert self.layout is not None
-        if "MT_HAVE_MAPLE" not in self.layout.features or "SYSCALLS" not in self.families:
-            return
+        tails = self.bpf[b"tails"]
+        if "MT_HAVE_MAPLE" in self.layout.features and "SYSCALLS" in self.families:
+            try:
+                fn = self.bpf.load_func(b"mt_range_tail", self.bpf.RAW_TRACEPOINT)
+                tails[ct.c_int(abi.C["MT_TAIL_RANGE_CHECK"])] = ct.c_int(fn.fd)
+            except Exception as e:  # the range is then read from /proc afterwards, as before
+                self.layout = dataclasses.replace(self.layout, notes=self.layout.notes + (
+                    f"whether a range was mapped at the failure: {str(e).splitlines()[0]}",))
+        if "GROWTH" not in self.families:
+            return ""
         try:
-            fn = self.bpf.load_func(b"mt_range_tail", self.bpf.RAW_TRACEPOINT)
-            self.bpf[b"tails"][ct.c_int(0)] = ct.c_int(fn.fd)
-        except Exception as e:  # the range is then read from /proc afterwards, as before
-            self.layout = dataclasses.replace(self.layout, notes=self.layout.notes + (
-                f"whether a range was mapped at the failure: {str(e).splitlines()[0]}",))
+            for slot, name in (("MT_TAIL_GROWTH_SYSCALL", b"mt_growth_syscall_tail"),
+                               ("MT_TAIL_GROWTH_PAGE", b"mt_growth_page_tail")):
+                fn = self.bpf.load_func(name, self.bpf.RAW_TRACEPOINT)
+                tails[ct.c_int(abi.C[slot])] = ct.c_int(fn.fd)
+        except Exception as e:  # failures are still traced; growth is not
+            for slot in ("MT_TAIL_GROWTH_SYSCALL", "MT_TAIL_GROWTH_PAGE"):
+                try:
+                    del tails[ct.c_int(abi.C[slot])]
+                except KeyError:
+                    pass
+            return f"growth tracking's programs did not load: {str(e).splitlines()[0]}"
+        return ""
 
     def _discover(self) -> None:
         """Hand the kernel side the pointers it cannot find by name (this kernel's symbol
