@@ -14,11 +14,11 @@ Sections (all by default; --only picks one):
   startup    time from starting `memtrace watch --json` to its ready line, its exit
              time, its peak RSS, and its BPF maps (memlock) and programs.
   server     a real network server under its own benchmark client: Debian's redis-server
-             and redis-benchmark (20 clients, SET/GET, loopback), rounds of six arms
+             and redis-benchmark (20 clients, SET/GET, loopback), rounds of seven arms
              side by side (untraced, the bare sys_exit hook, the floor, `memtrace watch`,
-             `memtrace watch --slab-hooks always`, `memtrace export`), order alternating; throughput ratios arm/untraced per
-             round, medians and ranges over at least 4 rounds. Installs the two packages
-             with bench/setup.sh when they are missing.
+             `watch --no-growth`, `watch --slab-hooks always`, `memtrace export`), order
+             alternating; throughput ratios arm/untraced per round, medians and ranges over
+             at least 4 rounds. Installs the two packages with bench/setup.sh when missing.
   storm_rss  memtrace's own peak RSS under an ENOMEM storm (bench/peak_rss.py: 2 threads
              failing mmap for 5 s) for `watch --json` and `top`, and whether its counts
              stay exact; the limit is 200 MiB.
