@@ -61,14 +61,14 @@ MAX_BATCH = 512
 MAX_DRAIN_BATCHES = 4
 # Kernel messages kept to attach to the failure they explain (bounded: a storm prints many).
 MAX_KERNEL_MESSAGES = 32
-# Growth events read per poll: past it the ring buffer keeps the rest for the next poll, and
-# when it fills the kernel counts the samples' bytes without their stacks (lost_growth), so a
-# host growing fast costs memtrace a bounded share of a CPU, never its totals. An OOM kill
-# reads everything there is first.
-MAX_GROWTH_BATCH = 256
-# Processes whose growth is kept (the coldest dropped first, counted), and how many growth
-# stacks an OOM kill names of the victim and of its memory cgroup's other processes.
-GROWTH_PROCESSES = 512
+# Time memtrace spends reading growth events, per second: past it the ring buffer keeps the
+# rest for later, and when it fills the kernel counts the samples' bytes without their stacks
+# (lost_growth), so a host growing (or churning) memory at gigabytes a second costs memtrace
+# at most this share of a CPU (each sample's stack is unwound: about 50 us), never its
+# totals. An OOM kill reads everything there is first.
+GROWTH_READ_BUDGET = 0.05
+# Growth stacks an OOM kill names of the victim and of its memory cgroup's other processes
+# (the processes and samples kept are LeakProfile's bounds).
 GREW_STACKS = 3
 # The growth panel's processes.
 GROWING_SHOWN = 5
@@ -237,8 +237,10 @@ class LiveSource(Loaded):
         self.growth_profile: Optional[LeakProfile] = None
         self._growth_decoder: Optional[GrowthDecoder] = None
         self._growth_ring: Optional[RingReader] = None
-        self._growth_read = 0  # records read in the current batch
-        self._growth_limit: Optional[int] = MAX_GROWTH_BATCH
+        # the current second of reading growth, the time spent in it, and when to stop now
+        self._growth_second = 0.0
+        self._growth_spent = 0.0
+        self._growth_until: Optional[float] = None
         self._growth_errors = 0
         self._other_namespace: collections.OrderedDict[int, bool] = collections.OrderedDict()
         self.oom_score_adj = oom_score_adj  # lowered at start (None: left as it is)
@@ -365,7 +367,6 @@ class LiveSource(Loaded):
         """The profile growth is kept in (every process, bounded), and its ring buffer."""
         self.growth_profile = LeakProfile(GROWTH, (), all_processes=True,
                                           sample_bytes=self.growth_sample_bytes,
-                                          max_processes=GROWTH_PROCESSES,
                                           started=time.time())
         self._growth_decoder = GrowthDecoder(self.growth_profile, self._growth_unwinder,
                                              self._cgroup, self._clock_offset)
@@ -434,7 +435,7 @@ class LiveSource(Loaded):
         assert self.bpf is not None
         self.bpf.ring_buffer_poll(int(timeout * 1000))
         self._raise_if_out_of_memory()
-        self._read_growth(MAX_GROWTH_BATCH)
+        self._read_growth(budgeted=True)
         busy = bool(self._out)
         now = time.monotonic()
         if now - self._last_memcg_poll >= 1.0:
@@ -538,7 +539,7 @@ class LiveSource(Loaded):
         batches: if a storm still fills it, the rest is only counted)."""
         assert self.bpf is not None
         out: list[Failure] = []
-        self._read_growth(None)
+        self._read_growth()
         for _ in range(MAX_DRAIN_BATCHES):
             self.bpf.ring_buffer_consume()
             self._raise_if_out_of_memory()
@@ -840,18 +841,27 @@ class LiveSource(Loaded):
             if self._growth_errors <= 3:
                 self.log(f"memtrace: could not decode a growth event: {exc}"
                          + ("" if self._growth_errors < 3 else " (further ones not shown)"))
-        self._growth_read += 1
-        limit = self._growth_limit
-        return _STOP_POLL if limit is not None and self._growth_read >= limit else 0
+        until = self._growth_until
+        return _STOP_POLL if until is not None and time.monotonic() >= until else 0
 
-    def _read_growth(self, limit: Optional[int]) -> None:
-        """Growth events waiting in their ring buffer: at most `limit` (None: all there are)."""
+    def _read_growth(self, budgeted: bool = False) -> None:
+        """Growth events waiting in their ring buffer: all there are, or (`budgeted`) what
+        this second's GROWTH_READ_BUDGET leaves time for."""
         if self._growth_ring is None:
             return
-        self._growth_read = 0
-        self._growth_limit = limit
-        self._growth_ring.read()
-        self._growth_limit = MAX_GROWTH_BATCH
+        start = time.monotonic()
+        if budgeted:
+            if start - self._growth_second >= 1.0:
+                self._growth_second, self._growth_spent = start, 0.0
+            left = GROWTH_READ_BUDGET - self._growth_spent
+            if left <= 0:
+                return
+            self._growth_until = start + left
+        try:
+            self._growth_ring.read()
+        finally:
+            self._growth_until = None
+            self._growth_spent += time.monotonic() - start
         self._raise_if_out_of_memory()
 
     def _read_lost_growth(self) -> None:
@@ -886,7 +896,7 @@ class LiveSource(Loaded):
         profile = self.growth_profile
         if profile is None:
             return ()
-        self._read_growth(None)
+        self._read_growth()
         self._read_lost_growth()
         grew = profile.grew(victim, when, top=GREW_STACKS)
         limited = memcg.nearest_cgroup if memcg is not None and memcg.nearest_cgroup else cgroup
