@@ -127,8 +127,8 @@ sys.stdin.readline()
 
 def test_the_page_allocators_sampler_counts_bytes_huge_pages_by_their_size():
     """Sampled by the page allocator's program at 64 KiB (about 1,000 samples of 64 MiB): what
-    a process first touches is counted within 10%, huge pages by their order (a sampler
-    counting faults would see a 2 MiB page as 4 KiB)."""
+    a process first touches is counted within 10% on a quiet machine (30% asserted), huge
+    pages by their order (a sampler counting faults would see a 2 MiB page as 4 KiB)."""
     src = LiveSource(Filter(), log=lambda m: print(m, file=sys.stderr),
                      growth_sample_bytes=64 * 1024)
     src.start()
@@ -173,7 +173,10 @@ def test_the_page_allocators_sampler_counts_bytes_huge_pages_by_their_size():
     # Whether or not the ring buffer overflowed on a loaded machine (its drops are counted,
     # and the refused samples' bytes with them: see the next test), the bytes are whole.
     assert "growth_ringbuf_full" in dropped
-    assert after - before == pytest.approx(64 * MiB, rel=0.1)
+    # Within 30%: on a loaded machine the last samples may still wait for their CPU's next
+    # user page allocation when this is read. A sampler counting faults, not bytes, would
+    # see the 2 MiB pages as 4 KiB and land near 32 MiB.
+    assert after - before == pytest.approx(64 * MiB, rel=0.3)
     if Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().count("[never]") == 0:
         assert huge_kib >= 8 * 1024, "the kernel gave the advised region no huge page"
 
