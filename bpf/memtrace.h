@@ -73,13 +73,12 @@
 
 /* Growth tracking (MT_PROBE_GROWTH, bpf/growth.bpf.h): its own ring buffer of struct
  * lk_event (a sampled first touch with its stack copy is about 8 KiB; a release, exec or exit
- * about 150 bytes). 256 pages = 1 MiB = about 120 samples, LK_SAMPLE_BYTES each on average
- * (240 MiB of growth at 2 MiB a sample): memtrace reads it every tenth of a second. It is
- * mapped into memtrace twice (the kernel's wrap-around mapping) and counts in its RSS, which
- * must stay under 200 MiB in a storm. A full ring buffer loses samples' stacks, never their
- * bytes (counted per process in `growth_lost`); a lost release is counted as a drop. */
+ * about 150 bytes). 1024 pages = 4 MiB = about 500 samples, LK_SAMPLE_BYTES each on average:
+ * memtrace reads it every tenth of a second. It is mapped into memtrace twice (the kernel's
+ * wrap-around mapping) and counts in its RSS. A full ring buffer loses samples' stacks, never
+ * their bytes (counted per process in `growth_lost`); a lost release is counted as a drop. */
 #ifndef MT_GROWTH_RINGBUF_PAGES
-#define MT_GROWTH_RINGBUF_PAGES 256
+#define MT_GROWTH_RINGBUF_PAGES 1024
 #endif
 
 /* How long a sampled page may stay unmapped and held before the next sample on its CPU
