@@ -264,6 +264,8 @@ int lk_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 /* page_fault_user(unsigned long address, struct pt_regs *regs, unsigned long error_code) */
 int lk_page_fault(struct bpf_raw_tracepoint_args *ctx)
 {
+	if (!(ctx->args[2] & 2))
+		return 0; /* a read fault (the common case ends here, before the target check) */
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	if (is_target(tgid))
 		growth_fault(ctx, tgid);

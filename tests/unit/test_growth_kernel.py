@@ -34,11 +34,12 @@ class ScriptedUnwinder:
         self.unwound.append((ip, sp, bp, stack))
         return list(self.addrs)
 
-    def symbolize(self, addr: int, first: bool = False) -> tuple[str, str, Optional[str]]:
+    def symbolize(self, addr: int, first: bool = False, with_source: bool = True
+                  ) -> tuple[str, str, Optional[str]]:
         name = self.names.get(addr if first else addr - 1)
         if name is None:
             return f"0x{addr:x}", "[unknown]", None
-        return name, "grower", f"grower.c:{addr & 0xff}"
+        return name, "grower", f"grower.c:{addr & 0xff}" if with_source else None
 
 
 def event(kind: int, *, pid: int = PID, addr: int = 0, length: int = 0, weight: int = 0,
@@ -54,7 +55,7 @@ def event(kind: int, *, pid: int = PID, addr: int = 0, length: int = 0, weight: 
     return e
 
 
-def decoder(unwinder=None, cgroups: Optional[dict[int, str]] = None
+def decoder(unwinder=None, cgroups: Optional[dict[int, str]] = None, with_sources: bool = True
             ) -> tuple[GrowthDecoder, LeakProfile, list[tuple[int, bool]]]:
     profile = LeakProfile(GROWTH, (), all_processes=True, sample_bytes=PAGE, started=0.0)
     asked: list[tuple[int, bool]] = []
@@ -65,7 +66,8 @@ def decoder(unwinder=None, cgroups: Optional[dict[int, str]] = None
         return u
 
     names = cgroups or {}
-    return GrowthDecoder(profile, unwinder_for, names.get, clock_offset=100.0), profile, asked
+    return (GrowthDecoder(profile, unwinder_for, names.get, clock_offset=100.0,
+                          with_sources=with_sources), profile, asked)
 
 
 def test_a_record_too_short_is_refused_and_a_stack_never_read_past_the_record():
@@ -95,6 +97,14 @@ def test_a_sampled_first_touch_is_resident_growth_with_its_frames_and_owner():
     assert asked[0] == (PID, False)
     [grew] = profile.grew(PID, 100.0 + 1.0 + 1)
     assert (grew.pid, grew.bytes, grew.frames) == (PID, 3 * PAGE, frames)
+
+
+def test_always_on_tracking_names_frames_without_reading_line_tables():
+    u = ScriptedUnwinder([0x1010], {0x1010: "leak_here"})
+    dec, profile, _ = decoder(u, with_sources=False)
+    dec.handle(event(abi.LK_EV_FAULT, addr=0x7000, length=PAGE, weight=PAGE, stack=b"\0" * 8))
+    assert profile.top()[0].frames == ("leak_here (grower)",)
+    assert profile.sources == {}
 
 
 def test_an_unknown_first_frame_asks_for_a_refreshed_unwinder():

@@ -369,7 +369,8 @@ class LiveSource(Loaded):
                                           sample_bytes=self.growth_sample_bytes,
                                           started=time.time())
         self._growth_decoder = GrowthDecoder(self.growth_profile, self._growth_unwinder,
-                                             self._cgroup, self._clock_offset)
+                                             self._cgroup, self._clock_offset,
+                                             with_sources=False)
         self._growth_ring = RingReader(self.bpf, "growth_events", self._on_growth_event)
 
     def _load_tail_calls(self) -> str:

@@ -61,8 +61,12 @@ class GrowthDecoder:
     the process is (name, memory cgroup, start), and counts the samples the kernel lost."""
 
     def __init__(self, profile: LeakProfile, unwinder: UnwinderFor, cgroup_name: CgroupName,
-                 clock_offset: Optional[float] = None):
+                 clock_offset: Optional[float] = None, with_sources: bool = True):
         self.profile = profile
+        # file:line per frame (the leak profiler's output has them); reading a module's line
+        # table costs tens to hundreds of ms, which always-on tracking of every process on a
+        # host does not spend on frames nobody may ever look at
+        self.with_sources = with_sources
         self._unwinder = unwinder
         self._cgroup_name = cgroup_name
         self._clock_offset = (time.time() - time.monotonic() if clock_offset is None
@@ -89,9 +93,10 @@ class GrowthDecoder:
             unwinder = self._unwinder(pid, True)
             rows = self._symbolized(pid, unwinder.unwind(e.ip, e.sp, e.bp, stack))
         frames = tuple(text for text, _ in rows)
-        if len(self.profile.sources) > MAX_NAMES:
-            self.profile.sources.clear()
-        self.profile.sources.setdefault(frames, tuple(src for _, src in rows))
+        if self.with_sources:
+            if len(self.profile.sources) > MAX_NAMES:
+                self.profile.sources.clear()
+            self.profile.sources.setdefault(frames, tuple(src for _, src in rows))
         return frames
 
     def _symbolized(self, pid: int, addrs: list[int]) -> list[tuple[str, Optional[str]]]:
@@ -107,7 +112,8 @@ class GrowthDecoder:
             key = (addr, i == 0)
             row = names.get(key)
             if row is None:
-                name, module, source = u.symbolize(addr, first=i == 0)
+                name, module, source = u.symbolize(addr, first=i == 0,
+                                                   with_source=self.with_sources)
                 row = names[key] = (f"{name} ({module})", source)
             out.append(row)
         return out

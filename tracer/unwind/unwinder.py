@@ -114,12 +114,15 @@ class Unwinder:
         `stack` is a copy of user memory [sp, sp + len(stack)) taken with the registers."""
         return [addr for addr, _ in self._walk(ip, sp, bp, stack)]
 
-    def symbolize(self, addr: int, first: bool = False) -> tuple[str, str, Optional[str]]:
+    def symbolize(self, addr: int, first: bool = False, with_source: bool = True
+                  ) -> tuple[str, str, Optional[str]]:
         """(function, module basename, "file:line" or None) of a frame address.
 
         Return addresses (first=False) are looked up at addr-1, inside the call instruction.
         Without a symbol, the function is the address in hex: relative to the module (its ELF
-        vaddr) when the module is known, which stays stable across ASLR, else absolute."""
+        vaddr) when the module is known, which stays stable across ASLR, else absolute.
+        `with_source` False leaves file:line out (None): reading a module's line table is most
+        of the cost of naming its first frame."""
         lookup = addr if first else addr - 1
         found = self._lookup(lookup)
         if found is None:
@@ -134,7 +137,7 @@ class Unwinder:
             name = module.symbol(vaddr + 1)
         if name is None:
             name = f"0x{addr - bias:x}"
-        return name, module_name, module.source(vaddr)
+        return name, module_name, module.source(vaddr) if with_source else None
 
     def frames_with_source(
         self, ip: int, sp: int, bp: int, stack: bytes
