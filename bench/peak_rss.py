@@ -17,7 +17,7 @@ then one JSON line (also written to bench/out/peak_rss.json). Exit status 0 when
 run's peak RSS is within --limit-mib (200 by default) and every count exact, else 2.
 
 Run as root: sudo .venv/bin/python bench/peak_rss.py [--threads 2] [--seconds 5]
-[--runs 1] [--memtrace "memtrace"]; also `bench/run_all.py --only storm_rss`."""
+[--runs 1] [--memtrace "memtrace"] [--args=--growth]; also `bench/run_all.py --only storm_rss`."""
 
 from __future__ import annotations
 
@@ -220,8 +220,9 @@ class Run:
     stderr_tail: str = ""
 
 
-def measure(memtrace: list[str], mode: str, threads: int, seconds: int, storm_bin: Path) -> Run:
-    argv = memtrace + MODES[mode]
+def measure(memtrace: list[str], mode: str, threads: int, seconds: int, storm_bin: Path,
+            extra: tuple[str, ...] = ()) -> Run:
+    argv = memtrace + MODES[mode] + list(extra)
     run = Run(mode, argv)
     stderr_path = OUT / f"peak_rss_{mode}.stderr"
     p = Drained(argv, stderr_path)
@@ -287,6 +288,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="the peak RSS memtrace must stay within (default 200)")
     ap.add_argument("--memtrace", default=None,
                     help="how to run memtrace (default: memtrace on PATH)")
+    ap.add_argument("--args", default="",
+                    help="more arguments for each command, e.g. --args=--growth")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         log("bench: needs root (BPF): run it with sudo")
@@ -294,7 +297,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.threads < 1 or args.seconds < 1 or args.runs < 1:
         ap.error("--threads, --seconds and --runs must be at least 1")
     results = measure_all(memtrace_command(args.memtrace), args.threads, args.seconds, args.runs,
-                          [args.only] if args.only else list(MODES), args.limit_mib)
+                          [args.only] if args.only else list(MODES), args.limit_mib,
+                          tuple(shlex.split(args.args)))
     print(table([Run(**r) for r in results["runs"]], args.limit_mib), flush=True)
     line = json.dumps(results, sort_keys=True)
     (OUT / "peak_rss.json").write_text(line + "\n")
@@ -303,14 +307,14 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def measure_all(memtrace: list[str], threads: int, seconds: int, runs: int, modes: list[str],
-                limit_mib: float) -> dict:
+                limit_mib: float, extra: tuple[str, ...] = ()) -> dict:
     """Every mode `runs` times; a JSON-ready dict (also what run_all.py reports)."""
     storm_bin = build_storm()
     done: list[Run] = []
     for i in range(runs):
         for mode in modes:
             log(f"  peak RSS: {mode} run {i + 1}/{runs}: {threads} threads x {seconds} s ...")
-            r = measure(memtrace, mode, threads, seconds, storm_bin)
+            r = measure(memtrace, mode, threads, seconds, storm_bin, extra)
             log(f"  peak RSS: {mode}: {(r.peak_rss_kib or 0) / 1024:.1f} MiB, storm "
                 f"{(r.storm or {}).get('enomem')} ENOMEMs, counted {r.counted}")
             done.append(r)

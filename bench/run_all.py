@@ -16,9 +16,12 @@ Sections (all by default; --only picks one):
   server     a real network server under its own benchmark client: Debian's redis-server
              and redis-benchmark (20 clients, SET/GET, loopback), rounds of seven arms
              side by side (untraced, the bare sys_exit hook, the floor, `memtrace watch`,
-             `watch --no-growth`, `watch --slab-hooks always`, `memtrace export`), order
+             `watch --growth`, `watch --slab-hooks always`, `memtrace export`), order
              alternating; throughput ratios arm/untraced per round, medians and ranges over
-             at least 4 rounds. Installs the two packages with bench/setup.sh when missing.
+             at least 4 rounds. Then one more run under the bare hook, the floor,
+             memtrace and memtrace --growth with BPF run-time stats on: each program's ns
+             per run and the tracer process's CPU, the exact side of a noisy comparison.
+             Installs the two packages with bench/setup.sh when missing.
   storm_rss  memtrace's own peak RSS under an ENOMEM storm (bench/peak_rss.py: 2 threads
              failing mmap for 5 s) for `watch --json` and `top`, and whether its counts
              stay exact; the limit is 200 MiB.
@@ -39,6 +42,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -392,11 +396,11 @@ def make_memtrace(args) -> Tracer:
     return Tracer("memtrace", memtrace_argv(args.memtrace), is_memtrace_ready)
 
 
-def make_memtrace_nogrowth(args) -> Tracer:
-    """memtrace as make_memtrace runs it, with its growth tracking off (--no-growth): what
-    growth tracking costs is the difference between the two."""
+def make_memtrace_growth(args) -> Tracer:
+    """memtrace as make_memtrace runs it, with growth tracking on (--growth, off by default):
+    what growth tracking costs is the difference between the two."""
     argv = memtrace_argv(args.memtrace)
-    return Tracer("memtrace_nogrowth", [*argv, "--no-growth"], is_memtrace_ready)
+    return Tracer("memtrace_growth", [*argv, "--growth"], is_memtrace_ready)
 
 
 def make_floor() -> Tracer:
@@ -594,13 +598,13 @@ def section_storm(args, res: Results) -> dict:
     workload = build_storm()
     floor = tracked(make_floor(), res)
     mt = tracked(make_memtrace(args), res)
-    mtn = tracked(make_memtrace_nogrowth(args), res)
+    mtg = tracked(make_memtrace_growth(args), res)
     floor_pairs: list = []
     mt_pairs: list = []
-    mtn_pairs: list = []
+    mtg_pairs: list = []
     for i in range(args.pairs):
         order = [("floor", floor, floor_pairs), ("memtrace", mt, mt_pairs),
-                 ("memtrace_nogrowth", mtn, mtn_pairs)]
+                 ("memtrace_growth", mtg, mtg_pairs)]
         if i % 2:
             order.reverse()
         for name, tracer, into in order:
@@ -610,7 +614,7 @@ def section_storm(args, res: Results) -> dict:
                 f"traced {t['total_s']:.3f}s  ratio {t['total_s'] / u['total_s']:.3f}")
     fl = summarise(floor_pairs, STORM_KEYS)
     mtr = summarise(mt_pairs, STORM_KEYS)
-    mtn_s = summarise(mtn_pairs, STORM_KEYS)
+    mtg_s = summarise(mtg_pairs, STORM_KEYS)
     first = floor_pairs[0][0]
     iters, calls = first.get("iters", 0), first.get("syscalls", 0)
     out = {
@@ -627,25 +631,25 @@ def section_storm(args, res: Results) -> dict:
             k: med([mt_pairs[i][1][k] / mt_pairs[i][0][k] - floor_pairs[i][1][k]
                     / floor_pairs[i][0][k] for i in range(min(len(mt_pairs), len(floor_pairs)))])
             for k in STORM_KEYS},
-        "memtrace_nogrowth": mtn_s,
-        # What growth tracking costs: memtrace's ratio minus memtrace --no-growth's, in
+        "memtrace_growth": mtg_s,
+        # What growth tracking costs: memtrace --growth's ratio minus memtrace's, in
         # points of the untraced time, from the medians and round by round (with the range
         # of the per-round differences).
         "growth_cost": {
-            k: (mtr[k]["ratio_median"] - mtn_s[k]["ratio_median"])
-            for k in STORM_KEYS if mtr[k]["ratio_median"] and mtn_s[k]["ratio_median"]},
+            k: (mtg_s[k]["ratio_median"] - mtr[k]["ratio_median"])
+            for k in STORM_KEYS if mtr[k]["ratio_median"] and mtg_s[k]["ratio_median"]},
         "growth_cost_by_round": {
-            k: _by_round(mt_pairs, mtn_pairs, k) for k in STORM_KEYS},
+            k: _by_round(mtg_pairs, mt_pairs, k) for k in STORM_KEYS},
         # Extra time per unit of work (median over pairs of traced - untraced).
         "extra_ns_per_syscall": {
             "floor": fl["syscall_s"]["extra_median_s"] * 1e9 / calls if calls else None,
             "memtrace": mtr["syscall_s"]["extra_median_s"] * 1e9 / calls if calls else None,
-            "memtrace_nogrowth": (mtn_s["syscall_s"]["extra_median_s"] * 1e9 / calls
+            "memtrace_growth": (mtg_s["syscall_s"]["extra_median_s"] * 1e9 / calls
                                   if calls else None)},
         "extra_ns_per_mmap_iter": {
             "floor": fl["mmap_s"]["extra_median_s"] * 1e9 / iters if iters else None,
             "memtrace": mtr["mmap_s"]["extra_median_s"] * 1e9 / iters if iters else None,
-            "memtrace_nogrowth": (mtn_s["mmap_s"]["extra_median_s"] * 1e9 / iters
+            "memtrace_growth": (mtg_s["mmap_s"]["extra_median_s"] * 1e9 / iters
                                   if iters else None)},
     }
     if not args.no_bpf_stats:
@@ -665,20 +669,36 @@ def _by_round(a_pairs: list, b_pairs: list, k: str) -> dict:
 def storm_bpf_stats(args, workload: list[str], res: Results) -> dict:
     """One extra storm run under each tracer with BPF run-time stats on: how often each
     program ran and its mean cost. Not part of the ratios (stats add their own cost)."""
+    def one_run() -> tuple[dict, list[str]]:
+        r, noise = guarded_run(workload)
+        return {"storm_total_s": r["total_s"], "wall_s": r["total_s"]}, noise
+    return bpf_stats_runs(args, res, (make_floor(), make_memtrace(args),
+                                      make_memtrace_growth(args)), one_run)
+
+
+def bpf_stats_runs(args, res: Results, tracers, one_run: Callable[[], tuple[dict, list[str]]]
+                   ) -> dict:
+    """one_run() once under each tracer with BPF run-time stats on (BPF_ENABLE_STATS): each
+    program's runs and mean ns per run, the time in all of them per second of the run, and
+    the tracer process's own CPU over the run. Exact where throughput ratios are noisy: the
+    same work under two tracers, each one's kernel-side cost in ns. Stats add their own cost
+    to every run (two clock reads), the same for every tracer."""
     stats = BpfStats()
     if not stats.on:
         return {"error": "BPF_ENABLE_STATS failed (kernel too old or not permitted)"}
     out: dict = {}
     try:
-        for tracer in (tracked(make_floor(), res), tracked(make_memtrace(args), res),
-                       tracked(make_memtrace_nogrowth(args), res)):
+        for tracer in tracers:
+            tracer = tracked(tracer, res)
             for attempt in range(args.retries + 1):
                 wait_quiet(args.quiet_timeout)
                 tracer.start()
                 try:
                     time.sleep(SETTLE_S)
                     before = {p["id"]: p for p in bpf_progs_of(tracer.proc.pid)}
-                    r, noise = guarded_run(workload)
+                    cpu0 = cpu_ns(tracer.proc.pid) or 0
+                    r, noise = one_run()
+                    cpu = ((cpu_ns(tracer.proc.pid) or cpu0) - cpu0) / 1e9
                     after = bpf_progs_of(tracer.proc.pid)
                 finally:
                     tracer.stop()
@@ -693,9 +713,12 @@ def storm_bpf_stats(args, workload: list[str], res: Results) -> dict:
                 ns = p["run_time_ns"] - b["run_time_ns"]
                 progs[p["name"]] = {"run_cnt": cnt, "run_time_ns": ns,
                                     "ns_per_run": ns / cnt if cnt else None}
-            out[tracer.name] = {"storm_total_s": r["total_s"], "programs": progs,
-                                "noisy": bool(noise),
-                                "prog_time_ms": sum(p["run_time_ns"] for p in progs.values()) / 1e6}
+            prog_ms = sum(p["run_time_ns"] for p in progs.values()) / 1e6
+            out[tracer.name] = {**r, "programs": progs, "noisy": bool(noise),
+                                "prog_time_ms": prog_ms,
+                                "prog_ms_per_s": prog_ms / r["wall_s"] if r["wall_s"] else None,
+                                "tracer_cpu_ms_per_s": (cpu * 1e3 / r["wall_s"]
+                                                        if r["wall_s"] else None)}
     finally:
         stats.close()
     return out
@@ -740,9 +763,9 @@ def section_startup(args, res: Results) -> dict:
 
 # ---------------------------------------------------------------- server
 # memtrace: `watch` as users run it (slab hooks adaptive: detached while nothing fails;
-# growth tracked); memtrace_nogrowth: `watch --no-growth`; memtrace_full: `watch
+# growth off); memtrace_growth: `watch --growth`; memtrace_full: `watch
 # --slab-hooks always`, every slab hook attached all the time.
-SERVER_ARMS = ("untraced", "sys_exit", "floor", "memtrace", "memtrace_nogrowth",
+SERVER_ARMS = ("untraced", "sys_exit", "floor", "memtrace", "memtrace_growth",
                "memtrace_full", "export")
 SERVER_KEYS = ("rps", "set_rps", "get_rps")
 REDIS_CLIENTS = 20
@@ -827,6 +850,22 @@ def redis_benchmark(client: str, port: int, requests: int) -> dict[str, float]:
             "wall_s": time.monotonic() - t0}
 
 
+def cpu_measured_run(run_once: Callable[[], dict], requests: int, pids: list[int]) -> dict:
+    """run_once()'s result plus the CPU every process involved spent per request: the
+    client's (a child reaped by the run: RUSAGE_CHILDREN), the server's and the tracer's
+    (schedstat). BPF programs run in the context of the process they trace, so their time
+    is in there too. Steadier than throughput on a VM whose CPUs are shared: time spent
+    waiting for a CPU is not counted."""
+    before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = [cpu_ns(p) or 0 for p in pids]
+    r = run_once()
+    after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    spent = sum((cpu_ns(p) or b) - b for p, b in zip(pids, before)) / 1e9
+    spent += (after_children.ru_utime - before_children.ru_utime
+              + after_children.ru_stime - before_children.ru_stime)
+    return {**r, "cpu_us_per_request": spent * 1e6 / requests}
+
+
 def section_server(args, res: Results) -> dict:
     """redis-server under redis-benchmark, untraced and under six tracers, side by side:
     each round runs every arm once (order reversed in odd rounds); each arm's ratio is its
@@ -839,7 +878,7 @@ def section_server(args, res: Results) -> dict:
         "sys_exit": tracked(make_bare_sys_exit(), res),
         "floor": tracked(make_floor(), res),
         "memtrace": tracked(make_memtrace(args), res),
-        "memtrace_nogrowth": tracked(make_memtrace_nogrowth(args), res),
+        "memtrace_growth": tracked(make_memtrace_growth(args), res),
         "memtrace_full": tracked(Tracer("memtrace_full", [*memtrace_argv(args.memtrace),
                                                           "--slab-hooks", "always"],
                                         is_memtrace_ready), res),
@@ -866,7 +905,9 @@ def section_server(args, res: Results) -> dict:
                         if tracer is not None:
                             time.sleep(SETTLE_S)
                         before = loaded_programs()
-                        runs[name] = redis_benchmark(client, port, requests)
+                        runs[name] = cpu_measured_run(
+                            lambda: redis_benchmark(client, port, requests), 2 * requests,
+                            [redis.pid] + ([tracer.proc.pid] if tracer and tracer.proc else []))
                         noise += bpf_noise(before, loaded_programs())
                     finally:
                         if tracer is not None:
@@ -883,6 +924,16 @@ def section_server(args, res: Results) -> dict:
             base = runs["untraced"]["rps"]
             log(f"  server round {i + 1}/{rounds}: untraced {base:,.0f} req/s; " + ", ".join(
                 f"{n} {runs[n]['rps'] / base:.3f}" for n in SERVER_ARMS[1:]))
+        stats = None
+        if not args.no_bpf_stats:
+            def one_run() -> tuple[dict, list[str]]:
+                before = loaded_programs()
+                r = redis_benchmark(client, port, requests)
+                return ({"rps": r["rps"], "wall_s": r["wall_s"]},
+                        bpf_noise(before, loaded_programs()))
+            stats = bpf_stats_runs(args, res, (make_bare_sys_exit(), make_floor(),
+                                               make_memtrace(args), make_memtrace_growth(args)),
+                                   one_run)
     finally:
         stop_process(redis)
     arms = {}
@@ -896,27 +947,42 @@ def section_server(args, res: Results) -> dict:
                 "ratios": [round(x, 4) for x in ratios],
                 "ratio_median_clean_rounds": med(clean), "clean_rounds": len(clean),
                 "median_rps": med([r[name][k] for r in per_round])}
+    for name in SERVER_ARMS[1:]:  # CPU per request: above 1 is a cost
+        ratios = [r[name]["cpu_us_per_request"] / r["untraced"]["cpu_us_per_request"]
+                  for r in per_round]
+        arms[name]["cpu_per_request"] = {
+            "ratio_median": med(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "ratios": [round(x, 4) for x in ratios],
+            "median_us": med([r[name]["cpu_us_per_request"] for r in per_round])}
     untraced = {k: med([r["untraced"][k] for r in per_round]) for k in SERVER_KEYS}
+    untraced["cpu_us_per_request"] = med([r["untraced"]["cpu_us_per_request"]
+                                          for r in per_round])
     # What each arm costs beyond the bare hook, in points of the untraced throughput:
     # from the medians, and round by round (each round measures both back to back).
     beyond = {name: {"from_medians": arms["sys_exit"]["rps"]["ratio_median"]
                      - arms[name]["rps"]["ratio_median"],
                      "median_by_round": med([(r["sys_exit"]["rps"] - r[name]["rps"])
-                                             / r["untraced"]["rps"] for r in per_round])}
-              for name in ("floor", "memtrace", "memtrace_nogrowth", "memtrace_full",
+                                             / r["untraced"]["rps"] for r in per_round]),
+                     # extra CPU per request beyond the bare hook's, in points of untraced
+                     "cpu_by_round": med([(r[name]["cpu_us_per_request"]
+                                           - r["sys_exit"]["cpu_us_per_request"])
+                                          / r["untraced"]["cpu_us_per_request"]
+                                          for r in per_round])}
+              for name in ("floor", "memtrace", "memtrace_growth", "memtrace_full",
                            "export")}
-    # What growth tracking costs: memtrace --no-growth's throughput ratio minus memtrace's.
-    growth_rounds = [(r["memtrace_nogrowth"]["rps"] - r["memtrace"]["rps"]) / r["untraced"]["rps"]
+    # What growth tracking costs: memtrace's throughput ratio minus memtrace --growth's.
+    growth_rounds = [(r["memtrace"]["rps"] - r["memtrace_growth"]["rps"]) / r["untraced"]["rps"]
                      for r in per_round]
-    growth = {"from_medians": arms["memtrace_nogrowth"]["rps"]["ratio_median"]
-              - arms["memtrace"]["rps"]["ratio_median"],
+    growth = {"from_medians": arms["memtrace"]["rps"]["ratio_median"]
+              - arms["memtrace_growth"]["rps"]["ratio_median"],
               "median_by_round": med(growth_rounds), "min_by_round": min(growth_rounds),
               "max_by_round": max(growth_rounds)}
     return {"workload": {"server": version.strip(), "clients": REDIS_CLIENTS,
                          "requests_per_test": requests, "tests": ["SET", "GET"],
                          "address": "127.0.0.1"},
             "rounds": rounds, "untraced_median": untraced, "arms": arms,
-            "cost_beyond_sys_exit": beyond, "growth_cost": growth, "per_round": per_round}
+            "cost_beyond_sys_exit": beyond, "growth_cost": growth, "per_round": per_round,
+            **({"bpf_stats": stats} if stats is not None else {})}
 
 
 def bpf_noise(before: dict[int, tuple[str, str]], after: dict[int, tuple[str, str]]
@@ -973,7 +1039,7 @@ def table(results: dict) -> str:
                   f"(mmap {_r(u['mmap_s'])}s, syscalls {_r(u['syscall_s'])}s)",
                   f"  {'median ratio (range)':24s} {'total':>22s} {'mmap phase':>22s} "
                   f"{'syscall phase':>22s}"]
-        for name in ("floor", "memtrace", "memtrace_nogrowth"):
+        for name in ("floor", "memtrace", "memtrace_growth"):
             if name not in st:
                 continue
             cells = []
@@ -1004,18 +1070,7 @@ def table(results: dict) -> str:
         lines.append(f"  extra per getppid: floor {_r(ens['floor'], '{:.1f}')} ns, memtrace "
                      f"{_r(ens['memtrace'], '{:.1f}')} ns;  extra per mmap iteration: floor "
                      f"{_r(enm['floor'], '{:.0f}')} ns, memtrace {_r(enm['memtrace'], '{:.0f}')} ns")
-        bs = st.get("bpf_stats")
-        if bs and "error" not in bs:
-            lines.append("  BPF run-time stats, one extra storm run each (runs x mean ns/run; "
-                         "counts are system-wide):")
-            for tr, v in bs.items():
-                progs = ", ".join(f"{n} {p['run_cnt']} x {_r(p['ns_per_run'], '{:.0f}')}"
-                                  for n, p in v["programs"].items() if p["run_cnt"])
-                lines.append(f"    {tr}: {progs or 'no runs counted'}; "
-                             f"{v['prog_time_ms']:.0f} ms in BPF programs in all"
-                             + (" (noisy)" if v.get("noisy") else ""))
-        elif bs:
-            lines.append(f"  BPF run-time stats: {bs['error']}")
+        lines += bpf_stats_lines(st.get("bpf_stats"), "storm")
     rl = results.get("realistic")
     if rl:
         s = rl["memtrace"]
@@ -1087,17 +1142,51 @@ def server_table(sv: dict) -> list[str]:
         lines.append(f"  {name + ' / untraced':24s} " + " ".join(f"{c:>22s}" for c in cells)
                      + (f"  ({noisy} noisy round(s) kept; clean-only "
                         f"{_r(a['rps']['ratio_median_clean_rounds'])})" if noisy else ""))
+    lines.append(f"  {'CPU per request (range)':24s} untraced median "
+                 f"{_r(u.get('cpu_us_per_request'), '{:.2f}')} us (server + client + tracer)")
+    for name in SERVER_ARMS[1:]:
+        c = sv["arms"][name].get("cpu_per_request")
+        if c:
+            lines.append(f"  {name + ' / untraced':24s} {_r(c['ratio_median'])} "
+                         f"({_r(c['ratio_min'])}-{_r(c['ratio_max'])})")
     g = sv.get("growth_cost")
     if g:
-        lines.append(f"  growth tracking (memtrace --no-growth - memtrace, points of untraced "
+        lines.append(f"  growth tracking (memtrace - memtrace --growth, points of untraced "
                      f"throughput): {_pp(g['from_medians'])} from the medians, "
                      f"{_pp(g['median_by_round'])} by round ({_pp(g['min_by_round'])}.."
                      f"{_pp(g['max_by_round'])})")
     b = sv["cost_beyond_sys_exit"]
     lines.append("  cost beyond the bare sys_exit hook (points of untraced throughput; from the "
-                 "medians / median by round): " + ", ".join(
-                     f"{n} {_pp(v['from_medians'])} / {_pp(v['median_by_round'])}"
-                     for n, v in b.items()))
+                 "medians / median by round; CPU per request by round): " + ", ".join(
+                     f"{n} {_pp(v['from_medians'])} / {_pp(v['median_by_round'])}; "
+                     f"{_pp(v.get('cpu_by_round'))}" for n, v in b.items()))
+    bs = sv.get("bpf_stats")
+    lines += bpf_stats_lines(bs, "server")
+    if bs and "error" not in bs and "sys_exit" in bs:
+        def cpu(v: dict) -> float:
+            return (v["prog_ms_per_s"] or 0) + (v["tracer_cpu_ms_per_s"] or 0)
+        base = cpu(bs["sys_exit"])
+        lines.append("  CPU beyond the bare sys_exit hook (BPF programs + the tracer process, "
+                     "ms per s of the run; 2000 is both CPUs): " + ", ".join(
+                         f"{n} {cpu(v) - base:+.1f}" for n, v in bs.items() if n != "sys_exit"))
+    return lines
+
+
+def bpf_stats_lines(bs: Optional[dict], what: str) -> list[str]:
+    """The table's lines for one section's BPF run-time stats runs."""
+    if not bs:
+        return []
+    if "error" in bs:
+        return [f"  BPF run-time stats: {bs['error']}"]
+    lines = [f"  BPF run-time stats, one extra {what} run each (runs x mean ns/run; counts are "
+             "system-wide):"]
+    for tr, v in bs.items():
+        progs = ", ".join(f"{n} {p['run_cnt']} x {_r(p['ns_per_run'], '{:.0f}')}"
+                          for n, p in v["programs"].items() if p["run_cnt"])
+        lines.append(f"    {tr}: {progs or 'no runs counted'}; {v['prog_time_ms']:.0f} ms in "
+                     f"BPF programs ({_r(v.get('prog_ms_per_s'), '{:.1f}')} ms/s), tracer "
+                     f"process {_r(v.get('tracer_cpu_ms_per_s'), '{:.1f}')} ms/s"
+                     + (" (noisy)" if v.get("noisy") else ""))
     return lines
 
 
@@ -1111,7 +1200,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                          "100000 with --quick)")
     ap.add_argument("--startups", type=int, default=5, help="startup runs (default 5)")
     ap.add_argument("--no-bpf-stats", action="store_true",
-                    help="skip the extra storm runs with BPF run-time stats on")
+                    help="skip the extra storm and server runs with BPF run-time stats on")
     ap.add_argument("--retries", type=int, default=3,
                     help="re-measure a pair that overlapped other BPF activity (default 3)")
     ap.add_argument("--quiet-timeout", type=float, default=300.0,
