@@ -39,9 +39,6 @@ class Arming:
         self.armed = mode == ALWAYS
         self.until = 0.0  # armed until this moment (monotonic), unless triggered again
         self.reason = "always attached" if self.armed else ""
-        self.episodes = 0  # times armed
-        self.armed_seconds = 0.0  # total time armed, episodes that ended
-        self._since = 0.0
 
     def trigger(self, now: float, reason: str) -> Optional[Change]:
         """A reason to have the hooks attached now (a failure, memory being tight)."""
@@ -52,8 +49,6 @@ class Arming:
             return None
         self.armed = True
         self.reason = reason
-        self.episodes += 1
-        self._since = now
         return Change(True, reason)
 
     def tick(self, now: float) -> Optional[Change]:
@@ -61,7 +56,6 @@ class Arming:
         if self.mode == ALWAYS or not self.armed or now < self.until:
             return None
         self.armed = False
-        self.armed_seconds += now - self._since
         quiet = f"{self.quiet:g} s without a failure or tight memory"
         self.reason = quiet
         return Change(False, quiet)
@@ -71,4 +65,3 @@ class Arming:
         if self.mode == ALWAYS or not self.armed:
             return
         self.armed = False
-        self.armed_seconds += now - self._since
