@@ -504,6 +504,32 @@ def test_slab_hooks_always_reaches_the_live_source(monkeypatch, tmp_path, args: 
     assert [m["slab_hooks"] for m in Recorder.made] == ["always"]
 
 
+@pytest.mark.parametrize("env, args, want", [
+    ("always", [], "always"),  # MEMTRACE_SLAB_HOOKS in a unit file or a DaemonSet's env
+    ("always", ["--slab-hooks", "adaptive"], "adaptive"),  # the command line wins
+    ("", [], "adaptive"),
+])
+def test_slab_hooks_from_the_environment(monkeypatch, env: str, args: list[str], want: str):
+    import tracer.kernel.failures as live
+
+    monkeypatch.setattr(live, "LiveSource", Recorder)
+    if env:
+        monkeypatch.setenv("MEMTRACE_SLAB_HOOKS", env)
+    else:
+        monkeypatch.delenv("MEMTRACE_SLAB_HOOKS", raising=False)
+    Recorder.made = []
+    r = CliRunner().invoke(cli.main, ["watch", "--duration", "0.2", *args])
+    assert r.exit_code == 0, r.output
+    assert [m["slab_hooks"] for m in Recorder.made] == [want]
+
+
+def test_a_bad_slab_hooks_environment_value_is_one_line():
+    r = CliRunner(env={"MEMTRACE_SLAB_HOOKS": "sometimes"}).invoke(
+        cli.main, ["watch", "--duration", "0.2"])
+    assert r.exit_code == 2 and "sometimes" in r.output and "slab-hooks" in r.output
+    assert "Traceback" not in r.output
+
+
 @pytest.mark.parametrize("command", ["watch", "top", "export", "record"])
 def test_no_growth_is_documented_in_each_commands_help(command: str):
     r = CliRunner().invoke(cli.main, [command, "--help"])
