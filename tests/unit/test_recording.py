@@ -34,9 +34,16 @@ from tracer.model.failures import (
     Snapshot,
     SyscallCount,
 )
+from tracer.model.probes import ProbeStatus
 from tracer.model.totals import Dashboard, Tally, snapshot_from_counts, summary_counts
 from tracer.recording import format as jsonout
-from tracer.recording.format import LineError, NewerRecordingError, RecordedSummary, parse_record
+from tracer.recording.format import (
+    LineError,
+    NewerRecordingError,
+    RecordedProbes,
+    RecordedSummary,
+    parse_record,
+)
 from tracer.recording.reader import RecordingReader, read_recording
 from tracer.recording.replay import ReplaySource
 from tracer.recording.report import Report, build_report
@@ -46,6 +53,7 @@ from tracer.views.dashboard import render, render_plain, summary_text
 from tracer.views.lines import format_line
 from tracer.views.report import FROM_LINES, FROM_SUMMARY, report_obj, report_text
 from tracer.views.top import run_top
+from tracer.views.watch import run_watch
 
 pytestmark = pytest.mark.unit
 
@@ -717,3 +725,65 @@ def test_fuzz_deep_nesting_and_huge_numbers():
                  '"order": 70}',
                  '{"type": "failure", "time": "0001-01-01T00:00:00-23:59", "kind": "memcg"}'):
         _parse(5, text)
+
+
+# --------------------------------------------------------------------------- probe changes
+STANDBY_READY = dataclasses.replace(READY, probes=(
+    *READY.probes, ProbeStatus("kmalloc", "standby", "raw_tp", "attached after a failure")))
+ARMED = tuple(dataclasses.replace(p, status="attached", reason="armed: mmap() ENOMEM")
+              if p.name == "kmalloc" else p for p in STANDBY_READY.probes)
+
+
+def _arming_source() -> FakeSource:
+    """Standby at ready; attached from the first tick on (the source's states as LiveSource
+    reports them after a failure armed the slab hooks)."""
+    return FakeSource(STANDBY_READY, snapshots=[Snapshot(probes=STANDBY_READY.probes),
+                                                Snapshot(probes=ARMED)])
+
+
+def test_watch_json_says_when_a_probe_attaches_once():
+    out = io.StringIO()
+    run_watch(_arming_source(), duration=2.3, as_json=True, out=out)
+    objs = [json.loads(x) for x in out.getvalue().splitlines()]
+    changes = [o for o in objs if o["type"] == "probes"]
+    assert len(changes) == 1, objs  # two ticks, one change
+    assert changes[0]["changed"] == ["kmalloc"]
+    assert {p["name"]: p["status"] for p in changes[0]["probes"]}["kmalloc"] == "attached"
+    rec = parse_record(3, json.dumps(changes[0]))
+    assert isinstance(rec, RecordedProbes) and rec.changed == ("kmalloc",)
+    assert [p.status for p in rec.probes] == [p.status for p in ARMED]
+
+
+def test_watch_json_is_silent_while_no_probe_changes():
+    out = io.StringIO()
+    source = FakeSource(STANDBY_READY, snapshots=[Snapshot(probes=STANDBY_READY.probes)])
+    run_watch(source, duration=1.3, as_json=True, out=out)
+    assert [json.loads(x)["type"] for x in out.getvalue().splitlines()] == ["ready", "summary"]
+
+
+def test_a_recording_keeps_probe_changes_and_report_reads_past_them(tmp_path):
+    path = tmp_path / "r.jsonl"
+    told: list[str] = []
+    writer = RecordingWriter(str(path), 1 << 30, on_limit=lambda: None)
+    try:
+        run_record(_arming_source(), writer, duration=1.3, log=told.append)
+    finally:
+        writer.close()
+    types = [json.loads(x)["type"] for x in path.read_text().splitlines()]
+    assert types == ["ready", "probes", "summary"]
+    with open(path, "rb") as fh:
+        recs = [rec for _n, rec in RecordingReader(fh)]
+    assert isinstance(recs[1], RecordedProbes) and recs[1].changed == ("kmalloc",)
+    r = CliRunner().invoke(report, [str(path), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["problems"] == []  # the probes line is no bad line
+
+
+@pytest.mark.parametrize("bad", [
+    {"type": "probes", "time": "2026-01-01T00:00:00Z", "probes": "kmalloc"},
+    {"type": "probes", "time": "2026-01-01T00:00:00Z", "probes": [{"name": 3}]},
+    {"type": "probes", "time": "2026-01-01T00:00:00Z", "changed": [1], "probes": []},
+])
+def test_a_malformed_probes_record_is_one_line_error(bad):
+    with pytest.raises(LineError, match="malformed probes record"):
+        parse_record(4, json.dumps(bad))

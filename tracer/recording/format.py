@@ -9,7 +9,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from .. import __version__
 from ..errors import ReplayError
@@ -102,6 +102,19 @@ def failure_obj(f: Failure) -> dict[str, Any]:
     return obj
 
 
+def probes_obj(t: float, probes: Sequence[ProbeStatus], changed: Sequence[str]) -> dict[str, Any]:
+    """A `probes` line: every probe's state after some changed (the adaptive slab hooks
+    attached or detached), with the names of those that did."""
+    return {"type": "probes", "time": iso_time(t), "changed": list(changed),
+            "probes": [p.to_json() for p in probes]}
+
+
+def probe_changes(before: Sequence[ProbeStatus], now: Sequence[ProbeStatus]) -> list[str]:
+    """The probes whose state differs between two lists of states (by name)."""
+    was = {p.name: p.status for p in before}
+    return [p.name for p in now if was.get(p.name) != p.status]
+
+
 def summary_obj(s: Snapshot, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     obj: dict[str, Any] = {"type": "summary", "counts": summary_counts(s), "dropped": dict(s.drops)}
     if extra:
@@ -142,7 +155,16 @@ class RecordedSummary:
     dropped: Mapping[str, int]
 
 
-Record = Union[Ready, Failure, RecordedSummary]
+@dataclass(frozen=True)
+class RecordedProbes:
+    """A recording's `probes` line: probe states after the adaptive ones changed."""
+
+    time: float
+    changed: tuple[str, ...]
+    probes: tuple[ProbeStatus, ...]
+
+
+Record = Union[Ready, Failure, RecordedSummary, RecordedProbes]
 
 
 class _Malformed(Exception):
@@ -386,6 +408,14 @@ def _ready_from_json(obj: Mapping[str, Any]) -> Ready:
                  tuple(_probe_from_json(p) for p in probes or ()), _opt_strs(obj, "notes"))
 
 
+def _probes_from_json(obj: Mapping[str, Any]) -> RecordedProbes:
+    probes = obj.get("probes")
+    if not isinstance(probes, list):
+        raise _Malformed("probes is not a list")
+    return RecordedProbes(_time(obj), _opt_strs(obj, "changed"),
+                          tuple(_probe_from_json(p) for p in probes))
+
+
 def _count(v: object, where: str) -> int:
     if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
         return v
@@ -493,6 +523,8 @@ def parse_record(n: int, line: Union[str, bytes], version: str = __version__) ->
             return _failure_from_json(obj)
         if kind == "summary":
             return _summary_from_json(obj)
+        if kind == "probes":
+            return _probes_from_json(obj)
     except _Malformed as e:
         raise LineError(n, f"malformed {kind} record ({e})") from None
     raise LineError(n, f"unknown record type {_short(kind)}")

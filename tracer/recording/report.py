@@ -9,7 +9,7 @@ from typing import Any, Deque, Optional
 from ..errors import ReplayError
 from ..model.failures import Failure, Ready
 from ..model.totals import Tally, summary_counts
-from .format import RecordedSummary
+from .format import RecordedProbes, RecordedSummary
 from .reader import RecordingReader
 
 
@@ -58,6 +58,8 @@ def build_report(path: str, reader: RecordingReader) -> Report:
             ready = ready or rec
         elif isinstance(rec, RecordedSummary):
             summary = rec
+        elif isinstance(rec, RecordedProbes):
+            continue  # probe states over time: the ready line's list is what the report shows
         else:
             tally.add(rec)
             first = rec.time if first is None else min(first, rec.time)

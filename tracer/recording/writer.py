@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 
 from ..errors import WriteError
 from ..model.failures import Failure, Ready, Snapshot
-from ..model.probes import attached_count
+from ..model.probes import ProbeStatus, attached_count
 from ..run import Source, run
 from . import format as jsonout
 
@@ -64,6 +64,7 @@ class RecordingWriter:
         self._can_sync = True
         self._dirty = False
         self._synced = clock()
+        self._probes: tuple[ProbeStatus, ...] = ()  # the states last written
 
     def _write(self, data: bytes) -> None:
         assert self._fd is not None
@@ -83,6 +84,7 @@ class RecordingWriter:
         return (jsonout.dumps(obj) + "\n").encode("utf-8", "backslashreplace")
 
     def write_ready(self, r: Ready) -> None:
+        self._probes = r.probes
         self._write(self._line(jsonout.ready_obj(r)))
 
     def write_failure(self, f: Failure) -> bool:
@@ -97,6 +99,16 @@ class RecordingWriter:
         self._write(data)
         self.failures += 1
         return True
+
+    def write_probes(self, s: Snapshot) -> None:
+        """A `probes` line when a probe's state changed since the last one (or since ready):
+        the adaptive slab hooks attach and detach as failures come and go."""
+        if not s.probes:
+            return
+        changed = jsonout.probe_changes(self._probes, s.probes)
+        self._probes = s.probes
+        if changed:
+            self._write(self._line(jsonout.probes_obj(time.time(), s.probes, changed)))
 
     def write_summary(self, s: Snapshot) -> None:
         obj = jsonout.summary_obj(s)
@@ -147,5 +159,9 @@ def run_record(source: Source, writer: RecordingWriter, *, duration: Optional[fl
         for f in fs:
             writer.write_failure(f)
 
+    def on_tick(s: Snapshot) -> None:
+        writer.write_probes(s)
+        writer.tick()
+
     return run(source, duration=duration, on_ready=on_ready, on_failures=on_failures,
-               on_tick=lambda s: writer.tick(), on_summary=writer.write_summary)
+               on_tick=on_tick, on_summary=writer.write_summary)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Optional, TextIO
 
 from ..model.failures import Failure, Ready, Snapshot
-from ..model.probes import ATTACHED, attached_count
+from ..model.probes import ATTACHED, ProbeStatus, attached_count
 from ..model.totals import Dashboard
 from ..recording import format as jsonout
 from ..run import Source, run
@@ -38,6 +39,19 @@ def run_watch(source: Source, *, duration: Optional[float], as_json: bool,
         for f in fs:
             emit(jsonout.dumps(jsonout.failure_obj(f)) if as_json else format_line(f))
 
+    probes_now: list[tuple[ProbeStatus, ...]] = []
+
+    def on_tick(s: Snapshot) -> None:
+        # The adaptive probes attach and detach as failures come and go: say so in JSON
+        # (the text view's stderr line says it for people).
+        if not (as_json and s.probes):
+            return
+        before = probes_now[0] if probes_now else (board.ready.probes if board.ready else ())
+        changed = jsonout.probe_changes(before, s.probes)
+        probes_now[:] = [s.probes]
+        if changed:
+            emit(jsonout.dumps(jsonout.probes_obj(time.time(), s.probes, changed)))
+
     def on_summary(s: Snapshot) -> None:
         board.update(s)
         if as_json:
@@ -48,4 +62,4 @@ def run_watch(source: Source, *, duration: Optional[float], as_json: bool,
             emit(summary_text(board))
 
     return run(source, duration=duration, on_ready=on_ready, on_failures=on_failures,
-               on_summary=on_summary)
+               on_tick=on_tick, on_summary=on_summary)
