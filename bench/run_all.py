@@ -16,10 +16,10 @@ Sections (all by default; --only picks one):
   server     a real network server under its own benchmark client: Debian's redis-server
              and redis-benchmark (20 clients, SET/GET, loopback), rounds of seven arms
              side by side (untraced, the bare sys_exit hook, the floor, `memtrace watch`,
-             `watch --growth`, `watch --slab-hooks always`, `memtrace export`), order
+             `watch --no-growth`, `watch --slab-hooks always`, `memtrace export`), order
              alternating; throughput ratios arm/untraced per round, medians and ranges over
              at least 4 rounds. Then one more run under the bare hook, the floor,
-             memtrace and memtrace --growth with BPF run-time stats on: each program's ns
+             memtrace and memtrace --no-growth with BPF run-time stats on: each program's ns
              per run and the tracer process's CPU, the exact side of a noisy comparison.
              Installs the two packages with bench/setup.sh when missing.
   storm_rss  memtrace's own peak RSS under an ENOMEM storm (bench/peak_rss.py: 2 threads
@@ -396,11 +396,11 @@ def make_memtrace(args) -> Tracer:
     return Tracer("memtrace", memtrace_argv(args.memtrace), is_memtrace_ready)
 
 
-def make_memtrace_growth(args) -> Tracer:
-    """memtrace as make_memtrace runs it, with growth tracking on (--growth, off by default):
-    what growth tracking costs is the difference between the two."""
+def make_memtrace_nogrowth(args) -> Tracer:
+    """memtrace as make_memtrace runs it, with its growth tracking off (--no-growth): what
+    growth tracking costs is the difference between the two."""
     argv = memtrace_argv(args.memtrace)
-    return Tracer("memtrace_growth", [*argv, "--growth"], is_memtrace_ready)
+    return Tracer("memtrace_nogrowth", [*argv, "--no-growth"], is_memtrace_ready)
 
 
 def make_floor() -> Tracer:
@@ -598,13 +598,13 @@ def section_storm(args, res: Results) -> dict:
     workload = build_storm()
     floor = tracked(make_floor(), res)
     mt = tracked(make_memtrace(args), res)
-    mtg = tracked(make_memtrace_growth(args), res)
+    mtn = tracked(make_memtrace_nogrowth(args), res)
     floor_pairs: list = []
     mt_pairs: list = []
-    mtg_pairs: list = []
+    mtn_pairs: list = []
     for i in range(args.pairs):
         order = [("floor", floor, floor_pairs), ("memtrace", mt, mt_pairs),
-                 ("memtrace_growth", mtg, mtg_pairs)]
+                 ("memtrace_nogrowth", mtn, mtn_pairs)]
         if i % 2:
             order.reverse()
         for name, tracer, into in order:
@@ -614,7 +614,7 @@ def section_storm(args, res: Results) -> dict:
                 f"traced {t['total_s']:.3f}s  ratio {t['total_s'] / u['total_s']:.3f}")
     fl = summarise(floor_pairs, STORM_KEYS)
     mtr = summarise(mt_pairs, STORM_KEYS)
-    mtg_s = summarise(mtg_pairs, STORM_KEYS)
+    mtn_s = summarise(mtn_pairs, STORM_KEYS)
     first = floor_pairs[0][0]
     iters, calls = first.get("iters", 0), first.get("syscalls", 0)
     out = {
@@ -631,25 +631,25 @@ def section_storm(args, res: Results) -> dict:
             k: med([mt_pairs[i][1][k] / mt_pairs[i][0][k] - floor_pairs[i][1][k]
                     / floor_pairs[i][0][k] for i in range(min(len(mt_pairs), len(floor_pairs)))])
             for k in STORM_KEYS},
-        "memtrace_growth": mtg_s,
-        # What growth tracking costs: memtrace --growth's ratio minus memtrace's, in
+        "memtrace_nogrowth": mtn_s,
+        # What growth tracking costs: memtrace's ratio minus memtrace --no-growth's, in
         # points of the untraced time, from the medians and round by round (with the range
         # of the per-round differences).
         "growth_cost": {
-            k: (mtg_s[k]["ratio_median"] - mtr[k]["ratio_median"])
-            for k in STORM_KEYS if mtr[k]["ratio_median"] and mtg_s[k]["ratio_median"]},
+            k: (mtr[k]["ratio_median"] - mtn_s[k]["ratio_median"])
+            for k in STORM_KEYS if mtr[k]["ratio_median"] and mtn_s[k]["ratio_median"]},
         "growth_cost_by_round": {
-            k: _by_round(mtg_pairs, mt_pairs, k) for k in STORM_KEYS},
+            k: _by_round(mt_pairs, mtn_pairs, k) for k in STORM_KEYS},
         # Extra time per unit of work (median over pairs of traced - untraced).
         "extra_ns_per_syscall": {
             "floor": fl["syscall_s"]["extra_median_s"] * 1e9 / calls if calls else None,
             "memtrace": mtr["syscall_s"]["extra_median_s"] * 1e9 / calls if calls else None,
-            "memtrace_growth": (mtg_s["syscall_s"]["extra_median_s"] * 1e9 / calls
+            "memtrace_nogrowth": (mtn_s["syscall_s"]["extra_median_s"] * 1e9 / calls
                                   if calls else None)},
         "extra_ns_per_mmap_iter": {
             "floor": fl["mmap_s"]["extra_median_s"] * 1e9 / iters if iters else None,
             "memtrace": mtr["mmap_s"]["extra_median_s"] * 1e9 / iters if iters else None,
-            "memtrace_growth": (mtg_s["mmap_s"]["extra_median_s"] * 1e9 / iters
+            "memtrace_nogrowth": (mtn_s["mmap_s"]["extra_median_s"] * 1e9 / iters
                                   if iters else None)},
     }
     if not args.no_bpf_stats:
@@ -673,7 +673,7 @@ def storm_bpf_stats(args, workload: list[str], res: Results) -> dict:
         r, noise = guarded_run(workload)
         return {"storm_total_s": r["total_s"], "wall_s": r["total_s"]}, noise
     return bpf_stats_runs(args, res, (make_floor(), make_memtrace(args),
-                                      make_memtrace_growth(args)), one_run)
+                                      make_memtrace_nogrowth(args)), one_run)
 
 
 def bpf_stats_runs(args, res: Results, tracers, one_run: Callable[[], tuple[dict, list[str]]]
@@ -763,9 +763,9 @@ def section_startup(args, res: Results) -> dict:
 
 # ---------------------------------------------------------------- server
 # memtrace: `watch` as users run it (slab hooks adaptive: detached while nothing fails;
-# growth off); memtrace_growth: `watch --growth`; memtrace_full: `watch
+# growth tracked); memtrace_nogrowth: `watch --no-growth`; memtrace_full: `watch
 # --slab-hooks always`, every slab hook attached all the time.
-SERVER_ARMS = ("untraced", "sys_exit", "floor", "memtrace", "memtrace_growth",
+SERVER_ARMS = ("untraced", "sys_exit", "floor", "memtrace", "memtrace_nogrowth",
                "memtrace_full", "export")
 SERVER_KEYS = ("rps", "set_rps", "get_rps")
 REDIS_CLIENTS = 20
@@ -878,7 +878,7 @@ def section_server(args, res: Results) -> dict:
         "sys_exit": tracked(make_bare_sys_exit(), res),
         "floor": tracked(make_floor(), res),
         "memtrace": tracked(make_memtrace(args), res),
-        "memtrace_growth": tracked(make_memtrace_growth(args), res),
+        "memtrace_nogrowth": tracked(make_memtrace_nogrowth(args), res),
         "memtrace_full": tracked(Tracer("memtrace_full", [*memtrace_argv(args.memtrace),
                                                           "--slab-hooks", "always"],
                                         is_memtrace_ready), res),
@@ -932,7 +932,7 @@ def section_server(args, res: Results) -> dict:
                 return ({"rps": r["rps"], "wall_s": r["wall_s"]},
                         bpf_noise(before, loaded_programs()))
             stats = bpf_stats_runs(args, res, (make_bare_sys_exit(), make_floor(),
-                                               make_memtrace(args), make_memtrace_growth(args)),
+                                               make_memtrace(args), make_memtrace_nogrowth(args)),
                                    one_run)
     finally:
         stop_process(redis)
@@ -968,15 +968,19 @@ def section_server(args, res: Results) -> dict:
                                            - r["sys_exit"]["cpu_us_per_request"])
                                           / r["untraced"]["cpu_us_per_request"]
                                           for r in per_round])}
-              for name in ("floor", "memtrace", "memtrace_growth", "memtrace_full",
+              for name in ("floor", "memtrace", "memtrace_nogrowth", "memtrace_full",
                            "export")}
-    # What growth tracking costs: memtrace's throughput ratio minus memtrace --growth's.
-    growth_rounds = [(r["memtrace"]["rps"] - r["memtrace_growth"]["rps"]) / r["untraced"]["rps"]
+    # What growth tracking costs: memtrace --no-growth's throughput ratio minus memtrace's.
+    growth_rounds = [(r["memtrace_nogrowth"]["rps"] - r["memtrace"]["rps"]) / r["untraced"]["rps"]
                      for r in per_round]
-    growth = {"from_medians": arms["memtrace"]["rps"]["ratio_median"]
-              - arms["memtrace_growth"]["rps"]["ratio_median"],
+    growth = {"from_medians": arms["memtrace_nogrowth"]["rps"]["ratio_median"]
+              - arms["memtrace"]["rps"]["ratio_median"],
               "median_by_round": med(growth_rounds), "min_by_round": min(growth_rounds),
-              "max_by_round": max(growth_rounds)}
+              "max_by_round": max(growth_rounds),
+              # memtrace's CPU per request minus memtrace --no-growth's, points of untraced
+              "cpu_by_round": med([(r["memtrace"]["cpu_us_per_request"]
+                                    - r["memtrace_nogrowth"]["cpu_us_per_request"])
+                                   / r["untraced"]["cpu_us_per_request"] for r in per_round])}
     return {"workload": {"server": version.strip(), "clients": REDIS_CLIENTS,
                          "requests_per_test": requests, "tests": ["SET", "GET"],
                          "address": "127.0.0.1"},
@@ -1039,7 +1043,7 @@ def table(results: dict) -> str:
                   f"(mmap {_r(u['mmap_s'])}s, syscalls {_r(u['syscall_s'])}s)",
                   f"  {'median ratio (range)':24s} {'total':>22s} {'mmap phase':>22s} "
                   f"{'syscall phase':>22s}"]
-        for name in ("floor", "memtrace", "memtrace_growth"):
+        for name in ("floor", "memtrace", "memtrace_nogrowth"):
             if name not in st:
                 continue
             cells = []
@@ -1151,10 +1155,11 @@ def server_table(sv: dict) -> list[str]:
                          f"({_r(c['ratio_min'])}-{_r(c['ratio_max'])})")
     g = sv.get("growth_cost")
     if g:
-        lines.append(f"  growth tracking (memtrace - memtrace --growth, points of untraced "
+        lines.append(f"  growth tracking (memtrace --no-growth - memtrace, points of untraced "
                      f"throughput): {_pp(g['from_medians'])} from the medians, "
                      f"{_pp(g['median_by_round'])} by round ({_pp(g['min_by_round'])}.."
-                     f"{_pp(g['max_by_round'])})")
+                     f"{_pp(g['max_by_round'])}); CPU per request {_pp(g.get('cpu_by_round'))} "
+                     "by round")
     b = sv["cost_beyond_sys_exit"]
     lines.append("  cost beyond the bare sys_exit hook (points of untraced throughput; from the "
                  "medians / median by round; CPU per request by round): " + ", ".join(

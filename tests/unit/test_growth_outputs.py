@@ -468,12 +468,12 @@ class Recorder:
 
 
 @pytest.mark.parametrize("args, growth", [
-    (["watch", "--duration", "0.2"], False),  # off by default (memtrace's RSS under storms)
-    (["watch", "--growth", "--duration", "0.2"], True),
+    (["watch", "--duration", "0.2"], True),
+    (["watch", "--no-growth", "--duration", "0.2"], False),
     (["watch", "--json", "--no-growth", "--duration", "0.2"], False),
     (["top", "--no-growth", "--duration", "0.2"], False),
-    (["top", "--growth", "--duration", "0.2"], True),
-    (["record", "-o", "REC", "--growth", "--duration", "0.2"], True),
+    (["top", "--duration", "0.2"], True),
+    (["record", "-o", "REC", "--no-growth", "--duration", "0.2"], False),
 ])
 def test_no_growth_reaches_the_live_source(monkeypatch, tmp_path, args: list[str],
                                            growth: bool):

@@ -75,14 +75,13 @@ def slab_hooks_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def growth_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    """--growth: turn on growth tracking (the `grew` of OOM kills, top's growing panel, the
-    exporter's growing gauge). Off by default for now: with it, memtrace's peak RSS under an
-    ENOMEM storm goes past the 200 MiB it promises (180-233 MiB against 164 without)."""
+    """--no-growth: turn off the always-on growth tracking (the `grew` of OOM kills, top's
+    growing panel, the exporter's growing gauge), for hosts where its cost matters."""
     return click.option(
-        "--growth/--no-growth", default=False, show_default=True,
+        "--growth/--no-growth", default=True, show_default=True,
         help="Track which processes grow, and through which stacks, so an OOM kill says "
              "what grew before it (`grew`) and top shows the processes growing fastest. "
-             "Off by default for now: it costs memtrace tens of MiB of RSS under storms.")(f)
+             "--no-growth leaves its probes out (for hosts where their cost matters).")(f)
 
 
 def protect_from_oom_killer(oom_score_adj: int) -> None:
@@ -116,7 +115,7 @@ def build_filter(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[st
 
 def live_source(pids: tuple[int, ...], cgroup: Optional[str], comm: Optional[str],
                 oom_score_adj: int = OOM_SCORE_ADJ_DEFAULT, probe_cost: bool = False,
-                slab_hooks: str = "adaptive", growth: bool = False) -> Any:
+                slab_hooks: str = "adaptive", growth: bool = True) -> Any:
     """The kernel's failures, filtered as the options say (UsageError for a bad filter); it
     lowers memtrace's OOM score when it starts; `growth` False turns growth tracking off."""
     from ..kernel.failures import LiveSource
