@@ -7,8 +7,10 @@ Sections (all by default; --only picks one):
              untraced vs the floor (bench/floor.py: minimal programs on the same hot
              hooks) and vs `memtrace watch --json`. Pairs (untraced, traced) alternate
              their order; each ratio is traced/untraced within a pair, and the report
-             gives the median over pairs. Then one extra run under each tracer with
-             BPF run-time stats on (per-program run counts and ns per run).
+             gives the median over pairs, for wall time (whole run and each phase) and
+             for CPU time (the storm's own, BPF included, plus the tracer process's
+             during the run: steadier on a shared VM). Then one extra run under each
+             tracer with BPF run-time stats on (per-program run counts and ns per run).
   realistic  bench/realistic.py (build and serialise a few hundred MB of Python
              objects), untraced vs memtrace, in pairs the same way.
   startup    time from starting `memtrace watch --json` to its ready line, its exit
@@ -482,10 +484,14 @@ def measure_pair(i: int, workload: list[str], tracer: Tracer, args) -> tuple[dic
         tracer.start()
         try:
             time.sleep(SETTLE_S)
+            cpu0 = cpu_ns(tracer.proc.pid) if tracer.proc else None
             r, n = guarded_run(workload)
+            cpu1 = cpu_ns(tracer.proc.pid) if tracer.proc else None
             noise.extend(n)
         finally:
             tracer.stop()
+        if "cpu_s" in r and cpu0 is not None and cpu1 is not None:
+            r["cpu_s"] += (cpu1 - cpu0) / 1e9  # the workload's CPU and the tracer's
         return r
 
     for attempt in range(args.retries + 1):
@@ -591,7 +597,7 @@ def tracked(tracer: Tracer, res: Results) -> Tracer:
     return tracer
 
 
-STORM_KEYS = ("total_s", "mmap_s", "syscall_s")
+STORM_KEYS = ("total_s", "mmap_s", "syscall_s", "cpu_s")
 
 
 def section_storm(args, res: Results) -> dict:
@@ -1040,9 +1046,10 @@ def table(results: dict) -> str:
         lines += ["",
                   f"storm: {w['iters']:.0f} x mmap/touch/munmap {w['region_kib']:.0f} KiB + "
                   f"{w['syscalls']:.0f} getppid; untraced median {_r(u['total_s'])}s "
-                  f"(mmap {_r(u['mmap_s'])}s, syscalls {_r(u['syscall_s'])}s)",
+                  f"(mmap {_r(u['mmap_s'])}s, syscalls {_r(u['syscall_s'])}s, CPU "
+                  f"{_r(u.get('cpu_s'))}s)",
                   f"  {'median ratio (range)':24s} {'total':>22s} {'mmap phase':>22s} "
-                  f"{'syscall phase':>22s}"]
+                  f"{'syscall phase':>22s} {'CPU storm+tracer':>22s}"]
         for name in ("floor", "memtrace", "memtrace_nogrowth"):
             if name not in st:
                 continue
