@@ -11,6 +11,7 @@ from typing import Optional
 import pytest
 
 from tracer.kernel import abi
+from tracer.kernel import growth as growth_kernel
 from tracer.kernel.build import BuildOptions, Layout, cflags
 from tracer.kernel.growth import GrowthDecoder, leak_event
 from tracer.model.leaks import GROWTH, LeakProfile
@@ -142,6 +143,55 @@ def test_releases_moves_exec_and_exit_shape_the_process_growth():
     assert proc.resident.weight() == 0 and (PID, True) in asked
     dec.handle(event(abi.LK_EV_EXIT, ts_ns=2_000_000_000))
     assert proc.exited_at == 102.0 and PID in profile.exited
+
+
+def test_batched_touches_released_within_their_read_are_never_unwound():
+    u = ScriptedUnwinder([0x1010], {0x1010: "churn"})
+    dec, profile, _ = decoder(u)
+    dec.batched = True
+    # an allocator's churn: map, touch, unmap, three times, all in one read
+    for i in range(3):
+        base = 0x100000 + i * 0x10000
+        dec.handle(event(abi.LK_EV_FAULT, addr=base, length=PAGE, weight=PAGE,
+                         stack=b"\1" * 64, ip=0x1010))
+        dec.handle(event(abi.LK_EV_MUNMAP, addr=base, length=16 * PAGE))
+    # and one that stays, next to a released neighbour of another process
+    dec.handle(event(abi.LK_EV_FAULT, addr=0x200000, length=PAGE, weight=5 * PAGE,
+                     stack=b"\2" * 64, ip=0x1010))
+    dec.handle(event(abi.LK_EV_MADVISE, pid=PID + 1, addr=0x200000, length=PAGE))
+    assert dec.waiting == 1 and dec.released_unread == 3 and not u.unwound
+    assert PID not in profile.processes  # nothing recorded before the read ends
+    dec.flush()
+    assert len(u.unwound) == 1 and u.unwound[0][3] == b"\2" * 64  # its copy, not the ring's
+    assert profile.processes[PID].resident.weight() == 5 * PAGE
+    assert profile.stacks[(PID, ("churn (grower)",))].count == 1
+
+
+@pytest.mark.parametrize("kind", [abi.LK_EV_EXIT, abi.LK_EV_EXEC, abi.LK_EV_MREMAP,
+                                  abi.LK_EV_MMAP])
+def test_batched_touches_are_named_before_an_event_that_moves_or_ends_them(kind: int):
+    u = ScriptedUnwinder([0x1010], {0x1010: "grow"})
+    dec, profile, _ = decoder(u)
+    dec.batched = True
+    dec.handle(event(abi.LK_EV_FAULT, addr=0x300000, length=PAGE, weight=PAGE,
+                     stack=b"\3" * 64, ip=0x1010))
+    assert dec.waiting == 1
+    dec.handle(event(kind, old_addr=0x300000, old_len=PAGE, addr=0x500000, length=PAGE,
+                     ts_ns=2_000_000_000))
+    assert dec.waiting == 0 and len(u.unwound) == 1
+    assert profile.stacks[(PID, ("grow (grower)",))].count == 1
+
+
+def test_batched_waiting_is_bounded_and_can_be_dropped():
+    dec, profile, _ = decoder()
+    dec.batched = True
+    for i in range(growth_kernel.MAX_WAITING + 3):
+        dec.handle(event(abi.LK_EV_FAULT, addr=0x1000000 + i * PAGE, length=PAGE, weight=PAGE))
+    assert dec.waiting == 3  # flushed once at the bound
+    assert profile.processes[PID].resident.weight() == growth_kernel.MAX_WAITING * PAGE
+    dec.drop_waiting()
+    dec.flush()
+    assert profile.processes[PID].resident.weight() == growth_kernel.MAX_WAITING * PAGE
 
 
 def test_mapped_growth_and_kinds_that_are_not_growth():

@@ -67,6 +67,9 @@ MAX_KERNEL_MESSAGES = 32
 # at most this share of a CPU (each sample's stack is unwound: about 50 us), never its
 # totals. An OOM kill reads everything there is first.
 GROWTH_READ_BUDGET = 0.05
+# First touches held per read before they are named (GrowthDecoder.batched): a read stops
+# there, so naming them (the cost the budget is for) comes in bounded steps.
+GROWTH_WAITING_PER_READ = 256
 # Growth stacks an OOM kill names of the victim and of its memory cgroup's other processes
 # (the processes and samples kept are LeakProfile's bounds).
 GREW_STACKS = 3
@@ -236,6 +239,7 @@ class LiveSource(Loaded):
         self.growth_sample_bytes = growth_sample_bytes
         self.growth_profile: Optional[LeakProfile] = None
         self._growth_decoder: Optional[GrowthDecoder] = None
+        self._growth_capped = False  # the last read stopped at GROWTH_WAITING_PER_READ
         self._growth_ring: Optional[RingReader] = None
         # the current second of reading growth, the time spent in it, and when to stop now
         self._growth_second = 0.0
@@ -370,7 +374,7 @@ class LiveSource(Loaded):
                                           started=time.time())
         self._growth_decoder = GrowthDecoder(self.growth_profile, self._growth_unwinder,
                                              self._cgroup, self._clock_offset,
-                                             with_sources=False)
+                                             with_sources=False, batched=True)
         self._growth_ring = RingReader(self.bpf, "growth_events", self._on_growth_event)
 
     def _load_tail_calls(self) -> str:
@@ -517,6 +521,7 @@ class LiveSource(Loaded):
         self._out = []
         self._kmsg.clear()
         if self._growth_decoder is not None:
+            self._growth_decoder.drop_waiting()
             self._growth_decoder.forget_all_names()
         self.user_symbols.forget()
         self._learned_unwinders.clear()
@@ -842,6 +847,9 @@ class LiveSource(Loaded):
             if self._growth_errors <= 3:
                 self.log(f"memtrace: could not decode a growth event: {exc}"
                          + ("" if self._growth_errors < 3 else " (further ones not shown)"))
+        if decoder.waiting >= GROWTH_WAITING_PER_READ:
+            self._growth_capped = True
+            return _STOP_POLL  # name these first: their unwinding is what the budget is for
         until = self._growth_until
         return _STOP_POLL if until is not None and time.monotonic() >= until else 0
 
@@ -859,11 +867,35 @@ class LiveSource(Loaded):
                 return
             self._growth_until = start + left
         try:
-            self._growth_ring.read()
+            while True:
+                self._growth_capped = False
+                self._growth_ring.read()
+                self._flush_growth()
+                until = self._growth_until
+                if (not self._growth_capped or self._out_of_memory
+                        or (until is not None and time.monotonic() >= until)):
+                    break  # the ring is empty, or the time is up
         finally:
             self._growth_until = None
             self._growth_spent += time.monotonic() - start
         self._raise_if_out_of_memory()
+
+    def _flush_growth(self) -> None:
+        """Name the touches that were not released within the read that brought them (a
+        released one never is: see GrowthDecoder.batched); errors as in _on_growth_event."""
+        decoder = self._growth_decoder
+        if decoder is None:
+            return
+        try:
+            decoder.flush()
+        except MemoryError:
+            decoder.drop_waiting()
+            self._out_of_memory = True
+        except Exception as exc:  # never let one odd event kill the tracer
+            self._growth_errors += 1
+            if self._growth_errors <= 3:
+                self.log(f"memtrace: could not decode a growth event: {exc}"
+                         + ("" if self._growth_errors < 3 else " (further ones not shown)"))
 
     def _read_lost_growth(self) -> None:
         """Sampled bytes whose events the full growth ring buffer refused, from the kernel."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes as ct
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
 from ..model.leaks import Frames, LeakProfile
@@ -55,14 +56,45 @@ def leak_event(data: Any, size: int) -> Optional[abi.LeakEvent]:
     return e
 
 
+# Sampled first touches a batched decoder holds until the end of the read they came in.
+MAX_WAITING = 4096
+
+
+@dataclass
+class _Touch:
+    """A sampled first touch waiting for the end of its read, its stack copied out of the
+    ring buffer: released within the same read (an allocator's churn), it is never
+    unwound."""
+
+    pid: int
+    addr: int
+    length: int
+    weight: int
+    t: float
+    ip: int
+    sp: int
+    bp: int
+    stack: bytes
+    comm: str
+    cgroup_id: int
+
+
 class GrowthDecoder:
     """Feeds one LeakProfile from growth events: names each sample's frames (unwinding the copy
     of the user stack with the binaries' CFI, through code without frame pointers), says who
     the process is (name, memory cgroup, start), and counts the samples the kernel lost."""
 
     def __init__(self, profile: LeakProfile, unwinder: UnwinderFor, cgroup_name: CgroupName,
-                 clock_offset: Optional[float] = None, with_sources: bool = True):
+                 clock_offset: Optional[float] = None, with_sources: bool = True,
+                 batched: bool = False):
         self.profile = profile
+        # batched: first touches wait for flush() (the end of a read); one released before
+        # then (munmap, madvise, a shrinking brk) is dropped without unwinding its stack,
+        # most of the cost of a sample. A churning allocator (map, touch, unmap) then costs
+        # next to nothing; what stays is named as before.
+        self.batched = batched
+        self._waiting: list[_Touch] = []
+        self.released_unread = 0  # touches released within their read: never unwound
         # file:line per frame (the leak profiler's output has them); reading a module's line
         # table costs tens to hundreds of ms, which always-on tracking of every process on a
         # host does not spend on frames nobody may ever look at
@@ -83,15 +115,17 @@ class GrowthDecoder:
     # -- frames ---------------------------------------------------------------------------
     def frames(self, e: Any) -> Frames:
         """The sampled thread's stack as "function (module)", innermost first."""
-        if not e.stack_len:
-            return (f"0x{e.ip:x}",) if e.ip else ("[no stack]",)
-        pid = int(e.pid)
-        stack = ct.string_at(ct.addressof(e.stack), e.stack_len)
-        rows = self._symbolized(pid, self._unwinder(pid, False).unwind(e.ip, e.sp, e.bp, stack))
+        stack = ct.string_at(ct.addressof(e.stack), e.stack_len) if e.stack_len else b""
+        return self._frames(int(e.pid), int(e.ip), int(e.sp), int(e.bp), stack)
+
+    def _frames(self, pid: int, ip: int, sp: int, bp: int, stack: bytes) -> Frames:
+        if not stack:
+            return (f"0x{ip:x}",) if ip else ("[no stack]",)
+        rows = self._symbolized(pid, self._unwinder(pid, False).unwind(ip, sp, bp, stack))
         if rows and "[unknown]" in rows[0][0]:
             self._names.pop(pid, None)  # a library loaded since we last looked
             unwinder = self._unwinder(pid, True)
-            rows = self._symbolized(pid, unwinder.unwind(e.ip, e.sp, e.bp, stack))
+            rows = self._symbolized(pid, unwinder.unwind(ip, sp, bp, stack))
         frames = tuple(text for text, _ in rows)
         if self.with_sources:
             if len(self.profile.sources) > MAX_NAMES:
@@ -129,11 +163,13 @@ class GrowthDecoder:
     # -- events ---------------------------------------------------------------------------
     def _who(self, e: Any) -> dict[str, Any]:
         """The process's name, memory cgroup and start, as the event and /proc tell them."""
-        pid = int(e.pid)
-        who: dict[str, Any] = {"comm": abi.cstr(e.comm)}
-        if e.cgroup_id:
-            who["cgroup_id"] = int(e.cgroup_id)
-            who["cgroup"] = self._cgroup_name(int(e.cgroup_id))
+        return self._who_of(int(e.pid), abi.cstr(e.comm), int(e.cgroup_id))
+
+    def _who_of(self, pid: int, comm: str, cgroup_id: int) -> dict[str, Any]:
+        who: dict[str, Any] = {"comm": comm}
+        if cgroup_id:
+            who["cgroup_id"] = cgroup_id
+            who["cgroup"] = self._cgroup_name(cgroup_id)
         if pid not in self.profile.processes:
             started = process_start(pid)
             if started is not None and self.profile.started is not None:
@@ -148,6 +184,15 @@ class GrowthDecoder:
         p = self.profile
         pid = int(e.pid)
         t = self.time(e)
+        if self.batched:
+            if kind == abi.LK_EV_FAULT:
+                self._wait(e, pid, t)
+                return True
+            if self._waiting:
+                if kind in (abi.LK_EV_MUNMAP, abi.LK_EV_BRK_SHRINK, abi.LK_EV_MADVISE):
+                    self._release_waiting(pid, int(e.addr), int(e.len))
+                else:  # what follows may move, end or rename them: named first
+                    self.flush()
         if kind == abi.LK_EV_EXEC:
             self.forget_names(pid)
             self._unwinder(pid, True)
@@ -170,6 +215,40 @@ class GrowthDecoder:
             p.touched(pid, int(e.addr), self.frames(e), int(e.weight), t, int(e.len),
                       **self._who(e))
         return True
+
+    @property
+    def waiting(self) -> int:
+        """First touches waiting for flush()."""
+        return len(self._waiting)
+
+    def _wait(self, e: Any, pid: int, t: float) -> None:
+        stack = ct.string_at(ct.addressof(e.stack), e.stack_len) if e.stack_len else b""
+        self._waiting.append(_Touch(pid, int(e.addr), int(e.len), int(e.weight), t, int(e.ip),
+                                    int(e.sp), int(e.bp), stack, abi.cstr(e.comm),
+                                    int(e.cgroup_id)))
+        if len(self._waiting) >= MAX_WAITING:
+            self.flush()
+
+    def _release_waiting(self, pid: int, start: int, length: int) -> None:
+        """Waiting touches of pid inside [start, start+length) were given back already."""
+        end = start + length
+        kept = [w for w in self._waiting
+                if w.pid != pid or not (start <= w.addr and w.addr + w.length <= end)]
+        self.released_unread += len(self._waiting) - len(kept)
+        self._waiting = kept
+
+    def flush(self) -> None:
+        """Name and record the touches waiting (the end of a read, or before an event that
+        may move, end or rename them)."""
+        waiting, self._waiting = self._waiting, []
+        for w in waiting:
+            self.profile.touched(w.pid, w.addr, self._frames(w.pid, w.ip, w.sp, w.bp, w.stack),
+                                 w.weight, w.t, w.length,
+                                 **self._who_of(w.pid, w.comm, w.cgroup_id))
+
+    def drop_waiting(self) -> None:
+        """Forget the waiting touches (memtrace ran out of memory)."""
+        self._waiting = []
 
     def read_lost(self, totals: Iterable[tuple[int, int]], now: Optional[float] = None) -> None:
         """The kernel's per-process totals of sampled bytes whose events the full ring buffer
