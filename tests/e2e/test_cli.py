@@ -148,9 +148,22 @@ def parse_json_lines(lines: list[str]) -> list[dict]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise AssertionError(f"line {i} is not JSON ({e}): {line!r}") from None
-        assert isinstance(obj, dict) and obj.get("type") in ("ready", "failure", "summary"), line
+        assert isinstance(obj, dict) and obj.get("type") in ("ready", "failure", "summary",
+                                                             "probes"), line
+        if obj["type"] == "probes":
+            check_probes(obj)
         objs.append(obj)
     return objs
+
+
+def check_probes(obj: dict) -> None:
+    """A probes line: the names that changed, then every probe's state."""
+    assert set(obj) == {"type", "time", "changed", "probes"}, obj.keys()
+    names = [p["name"] for p in obj["probes"]]
+    assert obj["changed"] and set(obj["changed"]) <= set(names), obj
+    for p in obj["probes"]:
+        assert set(p) == {"name", "status", "via", "reason"}, p
+        assert p["status"] in ("attached", "standby", "unavailable", "failed"), p
 
 
 def check_ready(obj: dict) -> None:
@@ -221,6 +234,15 @@ def test_watch_json_contract_with_real_failures():
     assert objs[0] == ready
     assert [o["type"] for o in objs].count("ready") == 1
     assert objs[-1]["type"] == "summary" and [o["type"] for o in objs].count("summary") == 1
+    # the first failure (or tight memory: PSI) armed the slab hooks, adaptive by default:
+    # said once
+    changes = [i for i, o in enumerate(objs) if o["type"] == "probes"]
+    assert len(changes) == 1, [objs[i] for i in changes]
+    armed = objs[changes[0]]
+    assert sorted(armed["changed"]) == ["kmalloc", "kmem_cache_alloc"], armed
+    states = {p["name"]: p for p in armed["probes"]}
+    assert all(states[n]["status"] == "attached" and states[n]["reason"].startswith("armed: ")
+               for n in armed["changed"]), armed
     failures = [o for o in objs if o["type"] == "failure"]
     for f in failures:
         assert FAILURE_KEYS <= set(f), sorted(FAILURE_KEYS - set(f))

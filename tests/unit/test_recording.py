@@ -787,3 +787,18 @@ def test_a_recording_keeps_probe_changes_and_report_reads_past_them(tmp_path):
 def test_a_malformed_probes_record_is_one_line_error(bad):
     with pytest.raises(LineError, match="malformed probes record"):
         parse_record(4, json.dumps(bad))
+
+
+def test_a_change_after_the_last_tick_comes_before_the_summary(tmp_path):
+    out = io.StringIO()
+    run_watch(_arming_source(), duration=0.4, as_json=True, out=out)  # no tick at all
+    assert [json.loads(x)["type"] for x in out.getvalue().splitlines()] == [
+        "ready", "probes", "summary"]
+    path = tmp_path / "r.jsonl"
+    writer = RecordingWriter(str(path), 1 << 30, on_limit=lambda: None)
+    try:
+        run_record(_arming_source(), writer, duration=0.4, log=lambda _m: None)
+    finally:
+        writer.close()
+    assert [json.loads(x)["type"] for x in path.read_text().splitlines()] == [
+        "ready", "probes", "summary"]

@@ -111,6 +111,7 @@ class RecordingWriter:
             self._write(self._line(jsonout.probes_obj(time.time(), s.probes, changed)))
 
     def write_summary(self, s: Snapshot) -> None:
+        self.write_probes(s)  # a change since the last tick comes before the summary
         obj = jsonout.summary_obj(s)
         obj["dropped"] = {**obj["dropped"], SIZE_LIMIT_DROP: self.dropped}
         self._write(self._line(obj))

@@ -55,6 +55,7 @@ def run_watch(source: Source, *, duration: Optional[float], as_json: bool,
     def on_summary(s: Snapshot) -> None:
         board.update(s)
         if as_json:
+            on_tick(s)  # a change since the last tick comes before the summary
             emit(jsonout.dumps(jsonout.summary_obj(s)))
         else:
             from .dashboard import summary_text
