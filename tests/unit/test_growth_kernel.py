@@ -182,6 +182,34 @@ def test_batched_touches_are_named_before_an_event_that_moves_or_ends_them(kind:
     assert profile.stacks[(PID, ("grow (grower)",))].count == 1
 
 
+class BrokenOnce(ScriptedUnwinder):
+    """Fails to unwind the first stack it is given (a binary gone, a corrupt table)."""
+
+    def unwind(self, ip: int, sp: int, bp: int, stack: bytes) -> list[int]:
+        if not self.unwound:
+            self.unwound.append((ip, sp, bp, stack))
+            raise ValueError("truncated .eh_frame")
+        return super().unwind(ip, sp, bp, stack)
+
+
+def test_one_touch_that_cannot_be_named_does_not_lose_the_others():
+    u = BrokenOnce([0x1010], {0x1010: "grow"})
+    dec, profile, _ = decoder(u)
+    dec.batched = True
+    for i in range(3):
+        dec.handle(event(abi.LK_EV_FAULT, addr=0x400000 + i * PAGE, length=PAGE, weight=PAGE,
+                         stack=b"\4" * 64, ip=0x1010))
+    errors: list[Exception] = []
+    dec.flush(on_error=errors.append)
+    assert [str(e) for e in errors] == ["truncated .eh_frame"]
+    assert profile.processes[PID].resident.weight() == 2 * PAGE and dec.waiting == 0
+    dec.handle(event(abi.LK_EV_FAULT, addr=0x500000, length=PAGE, weight=PAGE,
+                     stack=b"\4" * 64, ip=0x1010))
+    u.unwound.clear()
+    with pytest.raises(ValueError):  # without a handler the error is the caller's
+        dec.flush()
+
+
 def test_batched_waiting_is_bounded_and_can_be_dropped():
     dec, profile, _ = decoder()
     dec.batched = True

@@ -843,10 +843,7 @@ class LiveSource(Loaded):
             self._out_of_memory = True
             return _STOP_POLL
         except Exception as exc:  # never let one odd event kill the tracer
-            self._growth_errors += 1
-            if self._growth_errors <= 3:
-                self.log(f"memtrace: could not decode a growth event: {exc}"
-                         + ("" if self._growth_errors < 3 else " (further ones not shown)"))
+            self._growth_error(exc)
         if decoder.waiting >= GROWTH_WAITING_PER_READ:
             self._growth_capped = True
             return _STOP_POLL  # name these first: their unwinding is what the budget is for
@@ -880,6 +877,13 @@ class LiveSource(Loaded):
             self._growth_spent += time.monotonic() - start
         self._raise_if_out_of_memory()
 
+    def _growth_error(self, exc: Exception) -> None:
+        """One growth event that could not be decoded: counted, the first three said."""
+        self._growth_errors += 1
+        if self._growth_errors <= 3:
+            self.log(f"memtrace: could not decode a growth event: {exc}"
+                     + ("" if self._growth_errors < 3 else " (further ones not shown)"))
+
     def _flush_growth(self) -> None:
         """Name the touches that were not released within the read that brought them (a
         released one never is: see GrowthDecoder.batched); errors as in _on_growth_event."""
@@ -887,15 +891,10 @@ class LiveSource(Loaded):
         if decoder is None:
             return
         try:
-            decoder.flush()
+            decoder.flush(on_error=self._growth_error)
         except MemoryError:
             decoder.drop_waiting()
             self._out_of_memory = True
-        except Exception as exc:  # never let one odd event kill the tracer
-            self._growth_errors += 1
-            if self._growth_errors <= 3:
-                self.log(f"memtrace: could not decode a growth event: {exc}"
-                         + ("" if self._growth_errors < 3 else " (further ones not shown)"))
 
     def _read_lost_growth(self) -> None:
         """Sampled bytes whose events the full growth ring buffer refused, from the kernel."""
@@ -967,6 +966,8 @@ class LiveSource(Loaded):
                 drops[name] = int(sum(v))
         if self.memcg.left_out:  # limited cgroups beyond what one poll reads
             drops["memcg_not_polled"] = self.memcg.left_out
+        if self._growth_errors:  # growth samples whose stack could not be named
+            drops["growth_events_undecoded"] = self._growth_errors
         memcg = tuple(MemcgCount(c, ev, n) for c, ev, n in self.memcg.totals())
         cost = self.cost.read() if self.cost is not None else None
         growing: tuple[GrowingProcess, ...] = ()

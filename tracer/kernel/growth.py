@@ -237,14 +237,22 @@ class GrowthDecoder:
         self.released_unread += len(self._waiting) - len(kept)
         self._waiting = kept
 
-    def flush(self) -> None:
+    def flush(self, on_error: Optional[Callable[[Exception], None]] = None) -> None:
         """Name and record the touches waiting (the end of a read, or before an event that
-        may move, end or rename them)."""
+        may move, end or rename them). A touch that cannot be named goes to on_error (or is
+        raised, without it); the others are recorded all the same."""
         waiting, self._waiting = self._waiting, []
         for w in waiting:
-            self.profile.touched(w.pid, w.addr, self._frames(w.pid, w.ip, w.sp, w.bp, w.stack),
-                                 w.weight, w.t, w.length,
-                                 **self._who_of(w.pid, w.comm, w.cgroup_id))
+            try:
+                frames = self._frames(w.pid, w.ip, w.sp, w.bp, w.stack)
+                self.profile.touched(w.pid, w.addr, frames, w.weight, w.t, w.length,
+                                     **self._who_of(w.pid, w.comm, w.cgroup_id))
+            except MemoryError:
+                raise
+            except Exception as e:
+                if on_error is None:
+                    raise
+                on_error(e)
 
     def drop_waiting(self) -> None:
         """Forget the waiting touches (memtrace ran out of memory)."""
