@@ -232,7 +232,7 @@ moved = libc.mremap(first, 4096, size, 3, away)  # MREMAP_MAYMOVE | MREMAP_FIXED
 assert moved == away, (moved, away)
 ctypes.memset(moved, 2, size)     # 64 MiB first touched at the new address
 report(moved=moved, first=first)
-time.sleep(1.5)
+sys.stdin.readline()              # until the test saw it grow (or gave up waiting)
 libc.munmap(moved, size)
 report(unmapped=True)
 time.sleep(1.5)
@@ -250,9 +250,21 @@ def test_growth_in_a_moved_mapping_is_given_back_where_it_moved(live):
             seen["peak"] = max(seen.get("peak", 0.0), proc.resident.weight())
 
     proc = subprocess.Popen([w.PYTHON, "-c", w.PRELUDE + "\n" + MOVED, comm],
-                            stdout=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     seen["pid"] = proc.pid
     try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert "moved" in proc.stdout.readline()  # the 64 MiB are touched
+        # its samples are read and named within memtrace's time budget: a loaded machine
+        # (or a first look at python's binaries) may take some seconds
+        deadline = time.monotonic() + 20
+        while seen.get("peak", 0) < 40 * MiB and time.monotonic() < deadline:
+            watch()
+        settle = time.monotonic() + 1.0  # and the samples read after those
+        while time.monotonic() < settle:
+            watch()
+        proc.stdin.write("\n")
+        proc.stdin.flush()
         deadline = time.monotonic() + 30
         while proc.poll() is None and time.monotonic() < deadline:
             watch()
