@@ -167,6 +167,16 @@ def test_batched_touches_released_within_their_read_are_never_unwound():
     assert profile.stacks[(PID, ("churn (grower)",))].count == 1
 
 
+def test_a_batched_huge_page_partly_released_is_recorded_then_shrunk():
+    dec, profile, _ = decoder()
+    dec.batched = True
+    huge = 512 * PAGE
+    dec.handle(event(abi.LK_EV_FAULT, addr=0x40000000, length=huge, weight=huge))
+    dec.handle(event(abi.LK_EV_MADVISE, addr=0x40000000, length=huge // 2))
+    assert dec.waiting == 0 and dec.released_unread == 0
+    assert profile.processes[PID].resident.weight() == huge // 2
+
+
 @pytest.mark.parametrize("kind", [abi.LK_EV_EXIT, abi.LK_EV_EXEC, abi.LK_EV_MREMAP,
                                   abi.LK_EV_MMAP])
 def test_batched_touches_are_named_before_an_event_that_moves_or_ends_them(kind: int):

@@ -236,6 +236,8 @@ class GrowthDecoder:
                 if w.pid != pid or not (start <= w.addr and w.addr + w.length <= end)]
         self.released_unread += len(self._waiting) - len(kept)
         self._waiting = kept
+        if any(w.pid == pid and w.addr < end and start < w.addr + w.length for w in kept):
+            self.flush()  # partly released (a piece of a huge page): recorded, then shrunk
 
     def flush(self, on_error: Optional[Callable[[Exception], None]] = None) -> None:
         """Name and record the touches waiting (the end of a read, or before an event that
