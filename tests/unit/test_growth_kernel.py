@@ -218,6 +218,15 @@ def test_one_touch_that_cannot_be_named_does_not_lose_the_others():
     u.unwound.clear()
     with pytest.raises(ValueError):  # without a handler the error is the caller's
         dec.flush()
+    # the decoder's own handler also serves the flushes events make (an exit here)
+    dec.on_error = errors.append
+    for i in range(2):
+        dec.handle(event(abi.LK_EV_FAULT, addr=0x600000 + i * PAGE, length=PAGE, weight=PAGE,
+                         stack=b"\4" * 64, ip=0x1010))
+    u.unwound.clear()
+    dec.handle(event(abi.LK_EV_EXIT, ts_ns=3_000_000_000))
+    assert len(errors) == 2 and dec.waiting == 0
+    assert profile.stacks[(PID, ("grow (grower)",))].count == 3  # 2 before, 1 after
 
 
 def test_batched_waiting_is_bounded_and_can_be_dropped():

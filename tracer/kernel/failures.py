@@ -375,6 +375,7 @@ class LiveSource(Loaded):
         self._growth_decoder = GrowthDecoder(self.growth_profile, self._growth_unwinder,
                                              self._cgroup, self._clock_offset,
                                              with_sources=False, batched=True)
+        self._growth_decoder.on_error = self._growth_error
         self._growth_ring = RingReader(self.bpf, "growth_events", self._on_growth_event)
 
     def _load_tail_calls(self) -> str:
@@ -891,7 +892,7 @@ class LiveSource(Loaded):
         if decoder is None:
             return
         try:
-            decoder.flush(on_error=self._growth_error)
+            decoder.flush()
         except MemoryError:
             decoder.drop_waiting()
             self._out_of_memory = True

@@ -95,6 +95,8 @@ class GrowthDecoder:
         self.batched = batched
         self._waiting: list[_Touch] = []
         self.released_unread = 0  # touches released within their read: never unwound
+        # where a waiting touch that cannot be named goes (None: raised to the caller)
+        self.on_error: Optional[Callable[[Exception], None]] = None
         # file:line per frame (the leak profiler's output has them); reading a module's line
         # table costs tens to hundreds of ms, which always-on tracking of every process on a
         # host does not spend on frames nobody may ever look at
@@ -241,8 +243,9 @@ class GrowthDecoder:
 
     def flush(self, on_error: Optional[Callable[[Exception], None]] = None) -> None:
         """Name and record the touches waiting (the end of a read, or before an event that
-        may move, end or rename them). A touch that cannot be named goes to on_error (or is
-        raised, without it); the others are recorded all the same."""
+        may move, end or rename them). A touch that cannot be named goes to on_error (else
+        self.on_error; raised without either); the others are recorded all the same."""
+        on_error = on_error or self.on_error
         waiting, self._waiting = self._waiting, []
         for w in waiting:
             try:
