@@ -367,16 +367,24 @@ def test_probe_gauges(prometheus):
 
 def test_the_containers_own_resource_use(spec, container, host_failures):
     use = usage.usage(container.pid)
-    measured(f"container memory: {use.memory_bytes / 2**20:.0f} MiB now, "
-             f"{use.peak_memory_bytes / 2**20:.0f} MiB peak (request "
+    mib = 2**20
+    measured(f"container memory: {use.memory_bytes / mib:.0f} MiB now (anon "
+             f"{use.anon_bytes / mib:.0f} MiB, page cache {use.file_bytes / mib:.0f} MiB of which "
+             f"{use.inactive_file_bytes / mib:.0f} MiB inactive; working set "
+             f"{use.working_set_bytes / mib:.0f} MiB), "
+             f"{use.peak_memory_bytes / mib:.0f} MiB peak (request "
              f"{(spec.memory_request or 0) / 2**20:.0f} MiB, limit "
              f"{(spec.memory_limit or 0) / 2**20:.0f} MiB); CPU {use.cpu_seconds:.1f} s "
              f"(limit {use.cpu_limit} CPU)")
     assert use.oom_kills == 0
     assert spec.memory_limit is not None and use.peak_memory_bytes < spec.memory_limit
     # the limit is sized for start-up (the clang compile): the steady state has to sit well
-    # below it, or the first busy moment gets the tracer OOM-killed
-    assert use.memory_bytes < spec.memory_limit / 2
+    # below it, or the first busy moment gets the tracer OOM-killed. Counted as the working
+    # set (usage less inactive page cache): on a host whose cache was cold, the libraries the
+    # container read first are charged to it (220 MiB of 322 once), and the kernel reclaims
+    # them before it kills anything
+    assert use.working_set_bytes < spec.memory_limit / 2
+    assert use.anon_bytes < spec.memory_limit / 2
 
 
 # ---------------------------------------------------------------- the Grafana dashboard

@@ -15,6 +15,17 @@ class Usage:
     cpu_seconds: float
     cpu_limit: Optional[float]  # CPUs the quota allows; None: no quota
     oom_kills: int
+    anon_bytes: int = 0  # anonymous memory (v1 total_rss, v2 anon): what only the OOM killer frees
+    file_bytes: int = 0  # page cache charged to the cgroup (v1 total_cache, v2 file)
+    inactive_file_bytes: int = 0
+
+    @property
+    def working_set_bytes(self) -> int:
+        """Usage less the inactive page cache, as the kubelet counts it for eviction and
+        `kubectl top` shows it: page cache the container was first to read (the clang and
+        LLVM libraries of its compile, on a host whose cache was cold) is charged to it but
+        the kernel takes it back before any OOM kill."""
+        return max(0, self.memory_bytes - self.inactive_file_bytes)
 
 
 def _mounts() -> list[tuple[str, str, set[str]]]:
@@ -61,6 +72,9 @@ def usage(pid: int) -> Usage:
             limit = None
         oom = _keyed(mem / "memory.oom_control").get("oom_kill", 0)
         current, peak = _int(mem / "memory.usage_in_bytes"), _int(mem / "memory.max_usage_in_bytes")
+        stat = _keyed(mem / "memory.stat")
+        anon, file = stat.get("total_rss", 0), stat.get("total_cache", 0)
+        inactive_file = stat.get("total_inactive_file", 0)
     else:
         mem = d["unified"]
         raw = (mem / "memory.max").read_text().strip()
@@ -68,6 +82,9 @@ def usage(pid: int) -> Usage:
         oom = _keyed(mem / "memory.events").get("oom_kill", 0)
         current = _int(mem / "memory.current")
         peak = _int(mem / "memory.peak") if (mem / "memory.peak").exists() else current
+        stat = _keyed(mem / "memory.stat")
+        anon, file = stat.get("anon", 0), stat.get("file", 0)
+        inactive_file = stat.get("inactive_file", 0)
     if "cpuacct" in d:
         cpu_seconds = _int(d["cpuacct"] / "cpuacct.usage") / 1e9
         quota, period = _int(d["cpu"] / "cpu.cfs_quota_us"), _int(d["cpu"] / "cpu.cfs_period_us")
@@ -76,4 +93,4 @@ def usage(pid: int) -> Usage:
         cpu_seconds = _keyed(d["unified"] / "cpu.stat")["usage_usec"] / 1e6
         q, p = (d["unified"] / "cpu.max").read_text().split()
         cpu_limit = None if q == "max" else int(q) / int(p)
-    return Usage(current, peak, limit, cpu_seconds, cpu_limit, oom)
+    return Usage(current, peak, limit, cpu_seconds, cpu_limit, oom, anon, file, inactive_file)
