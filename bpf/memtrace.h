@@ -230,8 +230,9 @@ struct mt_memcg_evidence {
  * ("memtrace" in ASCII): no other program makes that call. */
 #define MT_DISCOVER_MAGIC 0x6d656d7472616365
 
-/* Slots of the `tails` program array: programs the probes tail-call (user space fills it),
- * to keep the verifier's work per program small and the common paths short. */
+/* Slots of the `sys_tails` (the first two: mt_sys_exit's) and `tails` program arrays:
+ * programs the probes tail-call (user space fills them), to keep the verifier's work per
+ * program small and the common paths short. */
 #define MT_TAIL_RANGE_CHECK 0    /* a range syscall's failure: was its range mapped? */
 #define MT_TAIL_GROWTH_SYSCALL 1 /* growth's work at a memory syscall's exit */
 #define MT_TAIL_GROWTH_PAGE 2    /* growth's sample (or a waiting one) at a user page */

@@ -240,6 +240,12 @@ time.sleep(1.5)
 
 
 def test_growth_in_a_moved_mapping_is_given_back_where_it_moved(live):
+    moved_mapping_is_given_back(live)
+
+
+def moved_mapping_is_given_back(live) -> None:
+    """MOVED under the tracer `live` (a tests.bpf.conftest.Recorder): mremap's new address
+    and munmap's release both come from the syscall hook's growth work."""
     comm = w.unique_comm("mt-moved")
     seen: dict = {}
 

@@ -118,7 +118,7 @@ def test_exec_start_serves_metrics_and_stops_on_the_kill_signal(tmp_path):
                 log += os.read(proc.stdout.fileno(), 4096)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             body = r.read().decode()
-        assert 'memtrace_probe_attached{probe="syscall_exit",via="raw_tp"} 1.0' in body
+        assert 'memtrace_probe_attached{probe="syscall_exit",via="tp_btf"} 1.0' in body
         assert b"\x1b[" not in log, "NO_COLOR and TERM=dumb: plain text for the journal"
         kill = getattr(signal, svc["KillSignal"])
         t0 = time.monotonic()

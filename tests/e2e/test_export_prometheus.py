@@ -60,7 +60,7 @@ def test_prometheus_scrapes_exact_counts_and_labels(tmp_path):
             assert line and time.monotonic() < deadline, "memtrace export never got ready"
         text = get(f"http://127.0.0.1:{metrics_port}/metrics")
         assert "# HELP memtrace_syscall_failures_total" in text
-        assert 'memtrace_probe_attached{probe="syscall_exit",via="raw_tp"} 1.0' in text
+        assert 'memtrace_probe_attached{probe="syscall_exit",via="tp_btf"} 1.0' in text
         prom = subprocess.Popen([prometheus, f"--config.file={config}",
                                  f"--storage.tsdb.path={tmp_path / 'data'}",
                                  f"--web.listen-address=127.0.0.1:{prom_port}"],

@@ -79,6 +79,28 @@ def test_probe_plan_checks_argument_positions():
     assert "no percpu_alloc_percpu_fail tracepoint" in statuses["percpu"].reason
 
 
+def test_probe_plan_prefers_tp_btf_for_the_syscall_hook_where_the_kernel_takes_it():
+    chosen, _ = probes.choose(_params, tp_btf_ok=lambda target: None)
+    assert (chosen["syscall_exit"].via, chosen["syscall_exit"].fn) == ("tp_btf", "mt_sys_exit")
+    assert chosen["page_alloc"].via == "raw_tp"  # the others read no typed pointer
+    refused = []
+    chosen, statuses = probes.choose(
+        _params, tp_btf_ok=lambda target: refused.append(target) or "refused here")
+    assert refused == ["sys_exit"]
+    assert chosen["syscall_exit"].via == "raw_tp" and "syscall_exit" not in statuses
+    # not asked: raw tracepoints, as before
+    assert probes.choose(_params)[0]["syscall_exit"].via == "raw_tp"
+
+
+def test_tp_btf_checker_says_why_not():
+    from tracer.kernel import tracing
+
+    off = tracing.checker(lambda name: 1, environ={tracing.ENV: "0"})
+    assert off("sys_exit") == "tp_btf turned off (MEMTRACE_TP_BTF=0)"
+    missing = tracing.checker(lambda name: None, environ={})
+    assert missing("sys_exit") == "no btf_trace_sys_exit in this kernel's BTF"
+
+
 def test_probe_plan_refuses_a_changed_tracepoint():
     def older(name):  # e.g. a kernel where kmem_cache_alloc had no cache argument
         if name == "kmem_cache_alloc":

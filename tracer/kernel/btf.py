@@ -249,6 +249,11 @@ class Btf:
         """All enumerators whose name starts with `prefix`, name -> value."""
         return {k: v for k, v in self._enumerator_index().items() if k.startswith(prefix)}
 
+    def tracepoint_type_id(self, name: str) -> int | None:
+        """The type id of raw tracepoint `name`'s btf_trace_ typedef (a tp_btf program's
+        attach_btf_id), None if the kernel has no such tracepoint."""
+        return self._typedefs.get("btf_trace_" + name)
+
     def tracepoint_params(self, name: str) -> list[str] | None:
         """C type names of raw tracepoint `name`'s arguments (after the context pointer)."""
         tid = self._typedefs.get("btf_trace_" + name)

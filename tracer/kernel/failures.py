@@ -37,7 +37,7 @@ from ..model.failures import (
 from ..model.leaks import GROWTH, GrowingProcess, Growth, LeakProfile
 from ..model.probes import ATTACHED, FAILED, STANDBY, UNAVAILABLE, ProbeStatus
 from ..unwind.unwinder import ProcessUnwinders, Unwinder
-from . import abi, depth
+from . import abi, depth, tracing
 from .btf import load_vmlinux
 from .build import BuildOptions, Layout, cflags, read_layout
 from .cost import CostMeter
@@ -261,6 +261,8 @@ class LiveSource(Loaded):
         self._out_of_memory = False  # a MemoryError in the ring-buffer callback, raised by poll
         self._decode_errors = 0
         self._last_memcg_poll = 0.0
+        self._sys_exit_via = ""  # "tp_btf" or "raw_tp", once compiled
+        self._sys_exit_btf_id = 0  # btf_trace_sys_exit's type id (tp_btf's attach target)
         self._clock_offset = time.time() - time.monotonic()
         self.user_symbols = ProcessUnwinders()
         self.learned = LearnedMaps()
@@ -285,7 +287,10 @@ class LiveSource(Loaded):
         self.layout = read_layout(btf)
         self.gfp = (decoders.GfpDecoder(self.layout.gfp_bits) if self.layout.gfp_bits
                     else decoders.GfpDecoder.default())
-        chosen, unavailable = choose(btf.tracepoint_params, kprobe_ok=kprobe_check())
+        tp_btf_ok = tracing.checker(btf.tracepoint_type_id)
+        chosen, unavailable = choose(btf.tracepoint_params, kprobe_ok=kprobe_check(),
+                                     tp_btf_ok=tp_btf_ok)
+        self._sys_exit_btf_id = btf.tracepoint_type_id("sys_exit") or 0
         families = frozenset(spec.family for spec in PLAN if spec.name in chosen and spec.family)
         options = self.options or BuildOptions(families=families)
         if not options.families:
@@ -299,7 +304,26 @@ class LiveSource(Loaded):
         flags = cflags(self.layout, options, self_tgid=os.getpid())
         if "GROWTH" in self.families:
             flags.append(f"-DLK_SAMPLE_BYTES={self.growth_sample_bytes}")
-        self.bpf = load("memtrace.bpf.c", flags, "memtrace's BPF programs")
+        sys_exit = chosen.get("syscall_exit")
+        if sys_exit is not None and sys_exit.via == "raw_tp" and "SYSCALLS" in self.families:
+            why = tp_btf_ok(sys_exit.target)
+            if why:
+                self._note(f"sys_exit as a raw tracepoint (a helper call per syscall to read "
+                           f"its number): {why}")
+        if sys_exit is not None and sys_exit.via == "tp_btf":
+            self.bpf = load("memtrace.bpf.c", flags + ["-DMT_SYS_EXIT_BTF"],
+                            "memtrace's BPF programs")
+            try:  # the verifier's word on it as tp_btf, before anything is attached
+                tracing.load_fd(self.bpf, sys_exit.fn, self._sys_exit_btf_id)
+            except OSError as e:
+                self._note(f"sys_exit as a raw tracepoint: {e.strerror or e}")
+                self.close()
+                sys_exit = chosen["syscall_exit"] = next(
+                    c for spec in PLAN if spec.name == "syscall_exit"
+                    for c in spec.candidates if c.via == "raw_tp")
+        if self.bpf is None:
+            self.bpf = load("memtrace.bpf.c", flags, "memtrace's BPF programs")
+        self._sys_exit_via = sys_exit.via if sys_exit is not None else ""
         self._discover()
         growth_failed = self._load_tail_calls()
 
@@ -324,6 +348,9 @@ class LiveSource(Loaded):
             try:
                 if cand.via == "kretprobe":
                     self.bpf.attach_kretprobe(event=cand.target.encode(), fn_name=cand.fn.encode())
+                elif cand.via == "tp_btf":
+                    tracing.load_and_attach(self.bpf, cand.fn, cand.target,
+                                            self._sys_exit_btf_id)
                 else:
                     self.bpf.attach_raw_tracepoint(tp=cand.target.encode(),
                                                    fn_name=cand.fn.encode())
@@ -383,29 +410,42 @@ class LiveSource(Loaded):
         memory syscall's exit and at a sample). Returns why growth's could not load ("" when
         they did, or growth is not compiled in)."""
         assert self.layout is not None
-        tails = self.bpf[b"tails"]
+        tails, sys_tails = self.bpf[b"tails"], self.bpf[b"sys_tails"]
+
+        def load_sys_tail(name: str) -> int:
+            """A program mt_sys_exit tail-calls: the same kind of program as it."""
+            if self._sys_exit_via == "tp_btf":
+                return tracing.load_fd(self.bpf, name, self._sys_exit_btf_id)
+            return int(self.bpf.load_func(name.encode(), self.bpf.RAW_TRACEPOINT).fd)
+
         if "MT_HAVE_MAPLE" in self.layout.features and "SYSCALLS" in self.families:
             try:
-                fn = self.bpf.load_func(b"mt_range_tail", self.bpf.RAW_TRACEPOINT)
-                tails[ct.c_int(abi.C["MT_TAIL_RANGE_CHECK"])] = ct.c_int(fn.fd)
+                fd = load_sys_tail("mt_range_tail")
+                sys_tails[ct.c_int(abi.C["MT_TAIL_RANGE_CHECK"])] = ct.c_int(fd)
             except Exception as e:  # the range is then read from /proc afterwards, as before
-                self.layout = dataclasses.replace(self.layout, notes=self.layout.notes + (
-                    f"whether a range was mapped at the failure: {str(e).splitlines()[0]}",))
+                self._note("whether a range was mapped at the failure: "
+                           f"{str(e).splitlines()[0]}")
         if "GROWTH" not in self.families:
             return ""
         try:
-            for slot, name in (("MT_TAIL_GROWTH_SYSCALL", b"mt_growth_syscall_tail"),
-                               ("MT_TAIL_GROWTH_PAGE", b"mt_growth_page_tail")):
-                fn = self.bpf.load_func(name, self.bpf.RAW_TRACEPOINT)
-                tails[ct.c_int(abi.C[slot])] = ct.c_int(fn.fd)
+            fd = load_sys_tail("mt_growth_syscall_tail")
+            sys_tails[ct.c_int(abi.C["MT_TAIL_GROWTH_SYSCALL"])] = ct.c_int(fd)
+            fn = self.bpf.load_func(b"mt_growth_page_tail", self.bpf.RAW_TRACEPOINT)
+            tails[ct.c_int(abi.C["MT_TAIL_GROWTH_PAGE"])] = ct.c_int(fn.fd)
         except Exception as e:  # failures are still traced; growth is not
-            for slot in ("MT_TAIL_GROWTH_SYSCALL", "MT_TAIL_GROWTH_PAGE"):
+            for table, slot in ((sys_tails, "MT_TAIL_GROWTH_SYSCALL"),
+                                (tails, "MT_TAIL_GROWTH_PAGE")):
                 try:
-                    del tails[ct.c_int(abi.C[slot])]
+                    del table[ct.c_int(abi.C[slot])]
                 except KeyError:
                     pass
             return f"growth tracking's programs did not load: {str(e).splitlines()[0]}"
         return ""
+
+    def _note(self, note: str) -> None:
+        """A line for doctor and the ready line's notes: what this host cannot have."""
+        assert self.layout is not None
+        self.layout = dataclasses.replace(self.layout, notes=self.layout.notes + (note,))
 
     def _discover(self) -> None:
         """Hand the kernel side the pointers it cannot find by name (this kernel's symbol

@@ -10,7 +10,8 @@ from ..model.probes import UNAVAILABLE, ProbeStatus
 
 @dataclass(frozen=True)
 class Candidate:
-    via: str  # "raw_tp" (raw tracepoint), "kretprobe" (kernel decision points), "poll"
+    via: str  # "tp_btf" (BTF-typed tracepoint), "raw_tp" (raw tracepoint), "kretprobe"
+    # (kernel decision points), "poll"
     target: str  # tracepoint name, or what is polled
     fn: str = ""  # BPF function name
     params: Sequence[str] = ()  # expected raw-tracepoint parameter kinds: "*" pointer, "n" number
@@ -29,7 +30,8 @@ class ProbeSpec:
 PLAN: tuple[ProbeSpec, ...] = (
     ProbeSpec("syscall_exit", "SYSCALLS", True,
               "every syscall returning ENOMEM, memory syscalls' EAGAIN, brk's silent failure",
-              [Candidate("raw_tp", "sys_exit", "mt_sys_exit", ("*", "n"))]),
+              [Candidate("tp_btf", "sys_exit", "mt_sys_exit", ("*", "n")),
+               Candidate("raw_tp", "sys_exit", "mt_sys_exit", ("*", "n"))]),
     ProbeSpec("page_alloc", "KMEM", True, "page allocator failures (mm_page_alloc, NULL page)",
               [Candidate("raw_tp", "mm_page_alloc", "mt_page_alloc", ("*", "n", "n", "n"))]),
     ProbeSpec("kmalloc", "KMEM", False, "kmalloc returning NULL",
@@ -131,9 +133,11 @@ def kprobe_check(kallsyms: str = "/proc/kallsyms",
 
 
 def choose(btf_params, selected: Optional[set[str]] = None,
-           kprobe_ok: Optional[Callable[[str], Optional[str]]] = None):
+           kprobe_ok: Optional[Callable[[str], Optional[str]]] = None,
+           tp_btf_ok: Optional[Callable[[str], Optional[str]]] = None):
     """Pick a candidate per probe. btf_params(name) -> list of C type names or None;
-    kprobe_ok(function) -> None when a kretprobe can attach there, else why not.
+    kprobe_ok(function) -> None when a kretprobe can attach there, else why not;
+    tp_btf_ok(tracepoint) -> None when a tp_btf program can run there, else why not.
 
     Returns (chosen {probe name: Candidate}, statuses for the ones that cannot attach)."""
     chosen: dict[str, Candidate] = {}
@@ -148,6 +152,14 @@ def choose(btf_params, selected: Optional[set[str]] = None,
                 break
             if cand.via == "kretprobe":
                 why = kprobe_ok(cand.target) if kprobe_ok else "kprobes not checked"
+                if why is None:
+                    chosen[spec.name] = cand
+                    break
+                reasons.append(why)
+            if cand.via == "tp_btf":
+                why = check_raw_tp(cand, btf_params(cand.target))
+                if why is None:
+                    why = tp_btf_ok(cand.target) if tp_btf_ok else "tp_btf not checked"
                 if why is None:
                     chosen[spec.name] = cand
                     break
