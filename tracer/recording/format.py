@@ -115,6 +115,27 @@ def probe_changes(before: Sequence[ProbeStatus], now: Sequence[ProbeStatus]) -> 
     return [p.name for p in now if was.get(p.name) != p.status]
 
 
+class ProbeLines:
+    """The probe states last written (watch --json, record): the adaptive probes attach and
+    detach as failures come and go, and each change is written as one `probes` line."""
+
+    def __init__(self) -> None:
+        self.written: tuple[ProbeStatus, ...] = ()
+
+    def ready(self, probes: Sequence[ProbeStatus]) -> None:
+        """The states the ready line gave."""
+        self.written = tuple(probes)
+
+    def line(self, probes: Sequence[ProbeStatus], t: float) -> Optional[dict[str, Any]]:
+        """The `probes` object to write at time t if a state changed since the last one
+        written (then it counts as written), else None."""
+        if not probes:
+            return None
+        changed = probe_changes(self.written, probes)
+        self.written = tuple(probes)
+        return probes_obj(t, probes, changed) if changed else None
+
+
 def summary_obj(s: Snapshot, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     obj: dict[str, Any] = {"type": "summary", "counts": summary_counts(s), "dropped": dict(s.drops)}
     if extra:

@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 
 from ..errors import WriteError
 from ..model.failures import Failure, Ready, Snapshot
-from ..model.probes import ProbeStatus, attached_count
+from ..model.probes import attached_count
 from ..run import Source, run
 from . import format as jsonout
 
@@ -64,7 +64,7 @@ class RecordingWriter:
         self._can_sync = True
         self._dirty = False
         self._synced = clock()
-        self._probes: tuple[ProbeStatus, ...] = ()  # the states last written
+        self._probes = jsonout.ProbeLines()
 
     def _write(self, data: bytes) -> None:
         assert self._fd is not None
@@ -84,7 +84,7 @@ class RecordingWriter:
         return (jsonout.dumps(obj) + "\n").encode("utf-8", "backslashreplace")
 
     def write_ready(self, r: Ready) -> None:
-        self._probes = r.probes
+        self._probes.ready(r.probes)
         self._write(self._line(jsonout.ready_obj(r)))
 
     def write_failure(self, f: Failure) -> bool:
@@ -103,12 +103,9 @@ class RecordingWriter:
     def write_probes(self, s: Snapshot) -> None:
         """A `probes` line when a probe's state changed since the last one (or since ready):
         the adaptive slab hooks attach and detach as failures come and go."""
-        if not s.probes:
-            return
-        changed = jsonout.probe_changes(self._probes, s.probes)
-        self._probes = s.probes
-        if changed:
-            self._write(self._line(jsonout.probes_obj(time.time(), s.probes, changed)))
+        obj = self._probes.line(s.probes, time.time())
+        if obj is not None:
+            self._write(self._line(obj))
 
     def write_summary(self, s: Snapshot) -> None:
         self.write_probes(s)  # a change since the last tick comes before the summary

@@ -7,7 +7,7 @@ import time
 from typing import Optional, TextIO
 
 from ..model.failures import Failure, Ready, Snapshot
-from ..model.probes import ATTACHED, ProbeStatus, attached_count
+from ..model.probes import ATTACHED, attached_count
 from ..model.totals import Dashboard
 from ..recording import format as jsonout
 from ..run import Source, run
@@ -18,6 +18,7 @@ from .terminal import inert
 def run_watch(source: Source, *, duration: Optional[float], as_json: bool,
               out: TextIO = sys.stdout) -> Snapshot:
     board = Dashboard()
+    probe_lines = jsonout.ProbeLines()
 
     def emit(text: str) -> None:
         out.write(text + "\n")
@@ -25,6 +26,7 @@ def run_watch(source: Source, *, duration: Optional[float], as_json: bool,
 
     def on_ready(r: Ready) -> None:
         board.ready = r
+        probe_lines.ready(r.probes)
         if as_json:
             emit(jsonout.dumps(jsonout.ready_obj(r)))
         else:
@@ -39,18 +41,14 @@ def run_watch(source: Source, *, duration: Optional[float], as_json: bool,
         for f in fs:
             emit(jsonout.dumps(jsonout.failure_obj(f)) if as_json else format_line(f))
 
-    probes_now: list[tuple[ProbeStatus, ...]] = []
-
     def on_tick(s: Snapshot) -> None:
         # The adaptive probes attach and detach as failures come and go: say so in JSON
         # (the text view's stderr line says it for people).
-        if not (as_json and s.probes):
+        if not as_json:
             return
-        before = probes_now[0] if probes_now else (board.ready.probes if board.ready else ())
-        changed = jsonout.probe_changes(before, s.probes)
-        probes_now[:] = [s.probes]
-        if changed:
-            emit(jsonout.dumps(jsonout.probes_obj(time.time(), s.probes, changed)))
+        obj = probe_lines.line(s.probes, time.time())
+        if obj is not None:
+            emit(jsonout.dumps(obj))
 
     def on_summary(s: Snapshot) -> None:
         board.update(s)
