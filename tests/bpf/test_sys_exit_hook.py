@@ -62,6 +62,21 @@ def _probe_reads(src: LiveSource) -> int:
                if insns[i] == 0x85 and int.from_bytes(insns[i + 4:i + 8], "little") == 113)
 
 
+def test_a_program_the_verifier_refuses_says_why_in_one_line():
+    """sys_exit has two arguments: a program reading a third one is refused, and the error
+    carries the verifier's last line, not a log of thousands."""
+    tid = load_vmlinux().tracepoint_type_id("sys_exit")
+    assert tid is not None
+    third_argument = bytes([0x79, 0x10, 16, 0, 0, 0, 0, 0,  # r0 = *(u64 *)(r1 + 16)
+                            0x95, 0, 0, 0, 0, 0, 0, 0])      # exit
+    with pytest.raises(OSError) as refused:
+        tracing.load(third_argument, "mt_bad", tid)
+    message = refused.value.strerror
+    assert message.startswith("mt_bad did not load as tp_btf (Permission denied): "), message
+    assert message.endswith("invalid bpf_context access off=16 size=8"), message  # the reason
+    assert "\n" not in message and len(message) < 400, message
+
+
 def test_a_refused_tp_btf_program_falls_back_to_the_raw_tracepoint(monkeypatch):
     """The verifier refusing mt_sys_exit as tp_btf (an older kernel's checks) costs a
     recompile, not the tracer: it runs on the raw tracepoint and says why in its notes."""

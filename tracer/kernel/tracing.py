@@ -90,7 +90,10 @@ def load(insns: bytes, name: str, btf_id: int) -> int:
     try:
         return _bpf(_BPF_PROG_LOAD, attr)
     except OSError as e:
-        lines = log.value.decode("utf-8", "replace").strip().splitlines()
+        # the verifier ends with its statistics ("processed N insns ..."): the reason is the
+        # line before them
+        lines = [line for line in log.value.decode("utf-8", "replace").strip().splitlines()
+                 if line and not line.startswith(("processed ", "verification time"))]
         why = f": {lines[-1]}" if lines else ""
         raise OSError(e.errno, f"{name} did not load as tp_btf ({e.strerror}){why}") from None
 
@@ -109,8 +112,9 @@ def checker(type_id: Callable[[str], Optional[int]],
     """A checker saying why a tp_btf program cannot run on a tracepoint here (None: it can):
     type_id(name) is the tracepoint's btf_trace_ typedef id in vmlinux BTF, or None."""
     env = os.environ if environ is None else environ
+    answers: dict[str, Optional[str]] = {}  # asked again for the notes: one trial load each
 
-    def check(target: str) -> Optional[str]:
+    def trial(target: str) -> Optional[str]:
         if env.get(ENV, "1") == "0":
             return f"tp_btf turned off ({ENV}=0)"
         tid = type_id(target)
@@ -121,6 +125,11 @@ def checker(type_id: Callable[[str], Optional[int]],
         except OSError as e:
             return f"this kernel refuses tp_btf programs ({e.strerror})"
         return None
+
+    def check(target: str) -> Optional[str]:
+        if target not in answers:
+            answers[target] = trial(target)
+        return answers[target]
 
     return check
 
