@@ -256,7 +256,7 @@ class Btf:
 
     def tracepoint_params(self, name: str) -> list[str] | None:
         """C type names of raw tracepoint `name`'s arguments (after the context pointer)."""
-        tid = self._typedefs.get("btf_trace_" + name)
+        tid = self.tracepoint_type_id(name)
         if tid is None:
             return None
         ptr = self._strip(tid)
